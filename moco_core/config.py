@@ -1,0 +1,263 @@
+"""Experiment configuration: pydantic models, YAML loading and dotted ``--set`` overrides.
+
+Defaults live here and nowhere else. Every model forbids unknown keys, so a typo in a YAML file or
+in ``--set`` is an error that names the key rather than a setting that silently does nothing.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message says which key and why."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Strict):
+    """Where the images are and what the model sees of them."""
+
+    root: str = "data/digits"
+    splits_dir: str | None = None  # folder holding train.csv/val.csv/test.csv; default: root
+    image_size: int = Field(32, ge=8, le=1024)
+    channels: Literal[1, 3] = 3
+    label_columns: list[str] | None = None  # default: every column but Path
+    num_workers: int = Field(2, ge=0)  # DataLoader worker processes
+    cache_decoded: bool = True  # decode every image once into memory (small datasets)
+
+
+class ModelConfig(_Strict):
+    arch: Literal["resnet18", "resnet34", "resnet50"] = "resnet18"
+    small_image_stem: bool = True  # 3x3 stride-1 first conv, no max-pool (images <= 64 px)
+    head: Literal["linear", "mlp"] = "mlp"  # MoCo v1: linear; v2: MLP
+    dim: int = Field(128, ge=1)  # embedding size of q and k
+    hidden_dim: int | None = Field(None, ge=1)  # MLP hidden size; default: the backbone's
+
+
+class MocoConfig(_Strict):
+    queue_size: int = Field(4096, gt=0)  # K: number of negatives
+    momentum: float = Field(0.99, ge=0.0, le=1.0)  # m of the key encoder
+    momentum_schedule: Literal["constant", "cosine"] = "constant"  # cosine: m -> 1 over training
+    temperature: float = Field(0.1, gt=0.0)  # T of InfoNCE
+    shuffle_bn: Literal["auto", "distributed", "split", "off"] = "auto"
+    split_bn_groups: int = Field(8, ge=2)  # groups of split BN (single-process shuffle BN)
+
+
+class AugmentConfig(_Strict):
+    recipe: Literal["mocov1", "mocov2", "cxr"] = "mocov2"
+
+
+class OptimConfig(_Strict):
+    lr: float = Field(0.06, gt=0.0)
+    batch_size: int = Field(256, ge=2)  # global: split across workers
+    epochs: int = Field(50, ge=1)
+    weight_decay: float = Field(5.0e-4, ge=0.0)
+    sgd_momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    lr_steps: list[int] = Field(default_factory=lambda: [120, 160])  # epochs where step LR x0.1
+    warmup_epochs: int = Field(0, ge=0)
+
+
+class ScalingConfig(_Strict):
+    workers: int = Field(1, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: int = Field(1, ge=1)
+
+
+class RunConfig(_Strict):
+    storage_path: str | None = None  # Ray Train storage (local dir, NFS path or s3:// URI)
+    checkpoint_every_epochs: int = Field(1, ge=1)
+    max_failures: int = Field(2, ge=0)
+    seed: int = 0
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
+    channels_last: bool = True
+    compile: bool = False  # torch.compile the encoders
+    max_steps_per_epoch: int | None = Field(None, ge=1)  # cap an epoch (quick trials)
+
+
+with warnings.catch_warnings():
+    # ``register`` is the documented key; it shadows nothing pydantic uses on instances.
+    warnings.filterwarnings("ignore", message='Field name "register"')
+
+    class TrackingConfig(_Strict):
+        uri: str | None = None  # MLFLOW_TRACKING_URI wins; default sqlite:///mlflow.db in the cwd
+        experiment: str = "moco"
+        register: bool = True
+        model_name: str | None = None  # default: moco-<name>
+
+
+class EvalConfig(_Strict):
+    knn_every_epochs: int = Field(1, ge=0)  # 0: only at the end
+    knn_k: int = Field(200, ge=1)
+    knn_t: float = Field(0.1, gt=0.0)
+
+
+class ExperimentConfig(_Strict):
+    """The whole experiment: one YAML file, validated once."""
+
+    name: str = Field("experiment", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    moco: MocoConfig = Field(default_factory=MocoConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    scaling: ScalingConfig = Field(default_factory=ScalingConfig)
+    run: RunConfig = Field(default_factory=RunConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    tune: dict[str, Any] | None = None  # sweep section, validated by the sweep runner
+
+    @field_validator("name")
+    @classmethod
+    def _name_not_blank(cls, v: str) -> str:
+        return v.strip()
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> ExperimentConfig:
+        w = self.scaling.workers
+        if self.optim.batch_size % w:
+            raise ValueError(
+                f"optim.batch_size={self.optim.batch_size} is the global batch and must divide evenly "
+                f"across scaling.workers={w}; use a multiple of {w}"
+            )
+        per_worker = self.optim.batch_size // w
+        if per_worker < 2:
+            raise ValueError(f"optim.batch_size / scaling.workers = {per_worker}; each worker needs >= 2 images")
+        if self.moco.shuffle_bn == "distributed" and w < 2:
+            raise ValueError(
+                "moco.shuffle_bn=distributed needs scaling.workers >= 2; use 'split' (or 'auto') for one worker"
+            )
+        if self.moco.shuffle_bn in ("split", "auto") and w == 1:
+            if per_worker < 2 * self.moco.split_bn_groups:
+                raise ValueError(
+                    f"split BN puts {per_worker} images into moco.split_bn_groups={self.moco.split_bn_groups} "
+                    f"groups; each group needs >= 2 images: lower split_bn_groups or raise optim.batch_size"
+                )
+        if self.optim.warmup_epochs >= self.optim.epochs:
+            raise ValueError(
+                f"optim.warmup_epochs={self.optim.warmup_epochs} must be below optim.epochs={self.optim.epochs}"
+            )
+        return self
+
+    @property
+    def registered_model_name(self) -> str:
+        return self.tracking.model_name or f"moco-{self.name}"
+
+    def resolved_shuffle_bn(self, world_size: int) -> Literal["distributed", "split", "off"]:
+        """``auto`` means distributed when there is more than one worker, else split BN."""
+        mode = self.moco.shuffle_bn
+        if mode == "auto":
+            return "distributed" if world_size > 1 else "split"
+        return mode
+
+    def flat(self) -> dict[str, Any]:
+        """The config as ``{"moco.temperature": 0.2, ...}`` (for tracking params)."""
+        return flatten(self.model_dump(mode="json"))
+
+
+# ---------------------------------------------------------------------------------------------
+# loading and overrides
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dict -> dotted keys. Lists and None stay values."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``"moco.temperature=0.2"`` -> ``(["moco", "temperature"], 0.2)``; the value is parsed as YAML."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. moco.temperature=0.2")
+    key, raw = item.split("=", 1)
+    parts = [p for p in key.strip().split(".")]
+    if not key.strip() or any(not p for p in parts):
+        raise ConfigError(f"--set {item!r}: empty key segment in {key!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {item!r}: value is not valid YAML: {e}") from e
+    return parts, value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Apply ``--set`` items to a raw config dict (a copy); validation happens afterwards."""
+    out = _deepcopy(raw)
+    for item in overrides:
+        parts, value = parse_override(item)
+        node = out
+        for i, p in enumerate(parts[:-1]):
+            nxt = node.get(p)
+            if nxt is None:
+                nxt = node[p] = {}
+            elif not isinstance(nxt, dict):
+                raise ConfigError(f"--set {item!r}: {'.'.join(parts[: i + 1])} is a value, not a section")
+            node = nxt
+        node[parts[-1]] = value
+    return out
+
+
+def _deepcopy(d: Any) -> Any:
+    if isinstance(d, dict):
+        return {k: _deepcopy(v) for k, v in d.items()}
+    if isinstance(d, list):
+        return [_deepcopy(v) for v in d]
+    return d
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see the experiment files in experiments/)"
+        lines.append(f"  {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> ExperimentConfig:
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, source)) from None
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"experiment file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections (name, data, model, ...)")
+    return raw
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
+    """Read a YAML experiment file, apply ``--set`` overrides, validate the result."""
+    raw = apply_overrides(read_yaml(path), overrides)
+    src = str(path) + (" with --set " + " ".join(overrides) if overrides else "")
+    return config_from_dict(raw, src)
+
+
+def dump_yaml(cfg: ExperimentConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,233 @@
+"""Training: one step, one epoch, and the epoch loop. Objects in, metric dicts out; no I/O policy.
+
+The Ray Train worker (``service.train``) and the single-process tests share this loop; they differ
+only in the hooks they pass (checkpoint, report, log).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+
+from .config import ExperimentConfig
+from .loss import info_nce
+from .model import MoCo, build_moco
+from .schedules import lr_factor, momentum_at
+
+StepHook = Callable[[dict[str, float]], None]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; training stops and the last checkpoint stays as it was."""
+
+
+@dataclass
+class TrainState:
+    """Everything that must survive a restart for training to continue exactly."""
+
+    model: MoCo
+    optimizer: torch.optim.Optimizer
+    scheduler: LambdaLR
+    steps_per_epoch: int
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimizer steps completed
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. the tracking run id
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),  # encoder_q, encoder_k, heads, queue + pointer
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "steps_per_epoch": self.steps_per_epoch,
+            "epoch": self.epoch,
+            "step": self.step,
+            "rng": rng_state(),
+            "extra": dict(self.extra),
+        }
+
+    def load_state_dict(self, d: dict[str, Any]) -> None:
+        self.model.load_state_dict(d["model"])
+        self.optimizer.load_state_dict(d["optimizer"])
+        self.scheduler.load_state_dict(d["scheduler"])
+        self.epoch, self.step = int(d["epoch"]), int(d["step"])
+        self.extra = dict(d.get("extra", {}))
+        set_rng_state(d["rng"])
+
+
+def rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {
+        "torch": torch.random.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.random.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_train_state(
+    cfg: ExperimentConfig, steps_per_epoch: int, world_size: int = 1, device: torch.device | str = "cpu"
+) -> TrainState:
+    """A fresh model, SGD on the query encoder only, and the per-step LR schedule."""
+    seed_everything(cfg.run.seed)
+    model = build_moco(cfg, world_size).to(device)
+    if cfg.run.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(
+        model.encoder_q.parameters(),
+        lr=cfg.optim.lr,
+        momentum=cfg.optim.sgd_momentum,
+        weight_decay=cfg.optim.weight_decay,
+    )
+    sched = LambdaLR(opt, lambda s: lr_factor(s, steps_per_epoch, cfg.optim))
+    return TrainState(model=model, optimizer=opt, scheduler=sched, steps_per_epoch=steps_per_epoch)
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast on GPU (``precision`` auto or bf16); fp32 elsewhere unless bf16 is asked for."""
+    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    if not use_bf16:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def train_step(
+    forward: nn.Module,
+    state: TrainState,
+    im_q: torch.Tensor,
+    im_k: torch.Tensor,
+    cfg: ExperimentConfig,
+    device: torch.device,
+) -> dict[str, float]:
+    """One MoCo step: loss, backward, SGD step, LR step, momentum update. Returns step metrics.
+
+    ``forward`` is ``state.model`` or a wrapper of it (DistributedDataParallel, torch.compile).
+    """
+    total_steps = cfg.optim.epochs * state.steps_per_epoch
+    m = momentum_at(state.step, total_steps, cfg.moco)
+    lr = state.optimizer.param_groups[0]["lr"]
+    with autocast(device, cfg.run.precision):
+        out = forward(im_q, im_k)
+        loss = info_nce(out.logits)
+    with torch.no_grad():  # one host sync per step for all the numbers
+        t = cfg.moco.temperature
+        stats = torch.stack(
+            [loss.detach(), out.logits[:, 0].float().mean() * t, out.logits[:, 1:].float().mean() * t]
+        ).tolist()
+    if not all(np.isfinite(stats)):
+        raise NonFiniteLossError(
+            f"non-finite loss {stats[0]} at step {state.step} (epoch {state.epoch}); lower optim.lr or "
+            "check the data; the last checkpoint is kept"
+        )
+    state.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    state.model.enqueue(out.k)
+    state.optimizer.step()
+    state.scheduler.step()
+    state.model.momentum_update(m)
+    state.step += 1
+    return {
+        "train/loss": stats[0],
+        "train/pos_logit": stats[1],  # mean q.k+ (cosine, before 1/T)
+        "train/neg_logit": stats[2],  # mean q.queue (cosine, before 1/T)
+        "train/lr": lr,
+        "train/momentum": m,
+    }
+
+
+def train_epoch(
+    forward: nn.Module,
+    state: TrainState,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    cfg: ExperimentConfig,
+    device: torch.device,
+    on_step: StepHook | None = None,
+    world_size: int = 1,
+) -> dict[str, float]:
+    """One epoch (at most ``state.steps_per_epoch`` steps). Returns the epoch's mean metrics."""
+    forward.train()
+    sums: dict[str, float] = {}
+    n = 0
+    images = 0
+    t0 = time.perf_counter()
+    t_last = t0
+    for im_q, im_k in batches:
+        if n >= state.steps_per_epoch:
+            break
+        im_q = im_q.to(device, non_blocking=True)
+        im_k = im_k.to(device, non_blocking=True)
+        if cfg.run.channels_last:
+            im_q = im_q.contiguous(memory_format=torch.channels_last)
+            im_k = im_k.contiguous(memory_format=torch.channels_last)
+        metrics = train_step(forward, state, im_q, im_k, cfg, device)
+        now = time.perf_counter()
+        batch = im_q.shape[0] * world_size
+        metrics["train/images_per_s"] = batch / max(now - t_last, 1e-9)
+        t_last = now
+        images += batch
+        n += 1
+        for k, v in metrics.items():
+            sums[k] = sums.get(k, 0.0) + v
+        if on_step is not None:
+            on_step(dict(metrics, step=state.step, epoch=state.epoch, batch=n))
+    if n == 0:
+        raise RuntimeError("the data loader yielded no batch; is the partition smaller than one batch?")
+    out = {k: v / n for k, v in sums.items()}
+    out["train/images_per_s"] = images / max(time.perf_counter() - t0, 1e-9)
+    out["train/lr"] = state.optimizer.param_groups[0]["lr"]
+    state.epoch += 1
+    return out
+
+
+def set_loader_epoch(loader: Any, epoch: int) -> None:
+    sampler = getattr(loader, "sampler", None)
+    if hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(epoch)
+
+
+def fit(
+    state: TrainState,
+    loader: Any,
+    cfg: ExperimentConfig,
+    device: torch.device | str = "cpu",
+    forward: nn.Module | None = None,
+    on_step: StepHook | None = None,
+    on_epoch_end: Callable[[TrainState, dict[str, float]], None] | None = None,
+    world_size: int = 1,
+    until_epoch: int | None = None,
+) -> list[dict[str, float]]:
+    """Train from ``state.epoch`` to ``cfg.optim.epochs`` (or ``until_epoch``); returns epoch metrics."""
+    device = torch.device(device)
+    forward = forward or state.model
+    history = []
+    last = cfg.optim.epochs if until_epoch is None else min(until_epoch, cfg.optim.epochs)
+    while state.epoch < last:
+        set_loader_epoch(loader, state.epoch)
+        metrics = train_epoch(forward, state, loader, cfg, device, on_step, world_size)
+        metrics["epoch"] = state.epoch
+        if on_epoch_end is not None:
+            on_epoch_end(state, metrics)
+        history.append(metrics)
+    return history

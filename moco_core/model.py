@@ -1,0 +1,144 @@
+"""MoCo: a query encoder, a momentum key encoder and a queue of keys (He et al., 2020; Chen et al., 2020).
+
+Reads like Algorithm 1 of the paper::
+
+    k = encoder_k(x_k)            # no gradient, with shuffling BN
+    q = encoder_q(x_q)
+    logits = [q.k, q @ queue] / T
+    loss = CE(logits, 0)
+    enqueue(k)                    # after the loss (and its backward: the queue is not cloned)
+    # after optimizer.step():
+    theta_k <- m * theta_k + (1 - m) * theta_q
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .backbones import create_backbone, feature_dim
+from .config import ExperimentConfig
+from .loss import moco_logits
+from .queue import KeyQueue
+from .shuffle_bn import (
+    batch_shuffle,
+    batch_shuffle_distributed,
+    batch_unshuffle,
+    batch_unshuffle_distributed,
+    concat_all_gather,
+    convert_split_bn,
+)
+
+ShuffleMode = Literal["distributed", "split", "off"]
+
+
+def make_head(kind: str, in_dim: int, dim: int, hidden_dim: int | None = None) -> nn.Module:
+    """v1: a linear layer to ``dim``; v2: MLP ``in_dim -> hidden -> ReLU -> dim``."""
+    if kind == "linear":
+        return nn.Linear(in_dim, dim)
+    if kind == "mlp":
+        hidden = hidden_dim or in_dim
+        return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim))
+    raise ValueError(f"unknown head {kind!r}; choose 'linear' or 'mlp'")
+
+
+class Encoder(nn.Module):
+    """Backbone followed by a projection head; only the backbone is exported."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+
+@dataclass
+class MocoOutput:
+    logits: torch.Tensor  # N x (1+K), positive at column 0
+    q: torch.Tensor  # N x dim
+    k: torch.Tensor  # N x dim
+
+
+@torch.no_grad()
+def momentum_update(target: list[torch.Tensor], online: list[torch.Tensor], m: float) -> None:
+    """``target <- m * target + (1 - m) * online`` with foreach ops (one kernel per op, not per tensor)."""
+    torch._foreach_mul_(target, m)
+    torch._foreach_add_(target, online, alpha=1.0 - m)
+
+
+class MoCo(nn.Module):
+    def __init__(
+        self,
+        encoder_q: Encoder,
+        queue_size: int,
+        dim: int,
+        temperature: float,
+        shuffle: ShuffleMode = "split",
+        split_groups: int = 8,
+    ) -> None:
+        super().__init__()
+        self.encoder_q = encoder_q
+        self.encoder_k = copy.deepcopy(encoder_q)
+        self.encoder_k.requires_grad_(False)
+        if shuffle == "split":
+            convert_split_bn(self.encoder_k, split_groups)
+        self.shuffle = shuffle
+        self.temperature = temperature
+        self.queue = KeyQueue(dim, queue_size)
+        self._q_params = list(self.encoder_q.parameters())
+        self._k_params = list(self.encoder_k.parameters())
+
+    @torch.no_grad()
+    def momentum_update(self, m: float) -> None:
+        """Move the key encoder toward the query encoder: m=1 keeps it, m=0 copies."""
+        momentum_update(self._k_params, self._q_params, m)
+
+    @torch.no_grad()
+    def encode_keys(self, im_k: torch.Tensor) -> torch.Tensor:
+        """Keys (N x dim, unit norm) with the batch composition changed for BN."""
+        if self.shuffle == "distributed":
+            x, idx = batch_shuffle_distributed(im_k)
+            k = F.normalize(self.encoder_k(x), dim=1)
+            return batch_unshuffle_distributed(k, idx)
+        if self.shuffle == "split":
+            x, idx = batch_shuffle(im_k)
+            k = F.normalize(self.encoder_k(x), dim=1)
+            return batch_unshuffle(k, idx)
+        return F.normalize(self.encoder_k(im_k), dim=1)
+
+    def forward(self, im_q: torch.Tensor, im_k: torch.Tensor) -> MocoOutput:
+        k = self.encode_keys(im_k)  # N x C
+        q = F.normalize(self.encoder_q(im_q), dim=1)  # N x C
+        logits = moco_logits(q, k, self.queue.keys, self.temperature)  # N x (1+K)
+        return MocoOutput(logits=logits, q=q, k=k)
+
+    @torch.no_grad()
+    def enqueue(self, k: torch.Tensor) -> None:
+        """Enqueue this step's keys once the loss has been back-propagated.
+
+        The logits were computed against ``queue.keys`` itself (no clone), so autograd needs it unchanged
+        until ``backward`` has run. Every rank enqueues the same all-gathered keys, so the queues of all
+        ranks stay identical.
+        """
+        self.queue.enqueue(concat_all_gather(k.float()))
+
+
+def build_moco(cfg: ExperimentConfig, world_size: int = 1) -> MoCo:
+    """The MoCo model an experiment describes (random init)."""
+    backbone = create_backbone(cfg.model.arch, cfg.data.channels, cfg.model.small_image_stem)
+    head = make_head(cfg.model.head, feature_dim(backbone), cfg.model.dim, cfg.model.hidden_dim)
+    return MoCo(
+        Encoder(backbone, head),
+        queue_size=cfg.moco.queue_size,
+        dim=cfg.model.dim,
+        temperature=cfg.moco.temperature,
+        shuffle=cfg.resolved_shuffle_bn(world_size),
+        split_groups=cfg.moco.split_bn_groups,
+    )

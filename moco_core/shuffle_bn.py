@@ -1,0 +1,144 @@
+"""Shuffling BN (He et al., 2020, Sec. 3.3).
+
+Batch norm computes statistics over the batch; if a query and its key share those statistics the
+model can find the positive through them ("cheating") and the pretext task stops teaching anything.
+MoCo breaks that link by encoding the keys in a different batch composition than the queries:
+
+* distributed: all ranks' key images are gathered, shuffled with one permutation broadcast from rank 0,
+  each rank encodes its shard, and the keys are gathered back and unshuffled;
+* single process (split BN): the key encoder's BN layers compute statistics over G groups of the
+  (shuffled) batch separately, which emulates G devices on one.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn import functional as F
+
+# --------------------------------------------------------------------------------------------
+# collectives
+
+
+@torch.no_grad()
+def concat_all_gather(t: torch.Tensor) -> torch.Tensor:
+    """All ranks' ``t`` concatenated along dim 0 (rank order). Needs equal shapes. No gradient."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return t
+    parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, t.contiguous())
+    return torch.cat(parts, dim=0)
+
+
+@torch.no_grad()
+def batch_shuffle_distributed(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shuffle the global batch across ranks.
+
+    Args:
+        x: this rank's images, N x ... (every rank the same N).
+
+    Returns:
+        This rank's shard of the shuffled global batch (N x ...), and the index that undoes the shuffle.
+    """
+    n_local = x.shape[0]
+    x_all = concat_all_gather(x)  # (world*N) x ...
+    world = x_all.shape[0] // n_local
+    perm = torch.randperm(x_all.shape[0], device=x.device)
+    if world > 1:
+        dist.broadcast(perm, src=0)  # every rank uses rank 0's permutation
+    idx_unshuffle = torch.argsort(perm)
+    rank = dist.get_rank() if world > 1 else 0
+    idx_this = perm.view(world, -1)[rank]
+    return x_all[idx_this], idx_unshuffle
+
+
+@torch.no_grad()
+def batch_unshuffle_distributed(x: torch.Tensor, idx_unshuffle: torch.Tensor) -> torch.Tensor:
+    """Undo :func:`batch_shuffle_distributed` on the encoded keys (N x C in, N x C out)."""
+    n_local = x.shape[0]
+    x_all = concat_all_gather(x)  # (world*N) x C
+    world = x_all.shape[0] // n_local
+    rank = dist.get_rank() if world > 1 else 0
+    idx_this = idx_unshuffle.view(world, -1)[rank]
+    return x_all[idx_this]
+
+
+# --------------------------------------------------------------------------------------------
+# single process
+
+
+@torch.no_grad()
+def batch_shuffle(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random permutation of the batch; returns the shuffled batch and the index that undoes it."""
+    perm = torch.randperm(x.shape[0], device=x.device)
+    return x[perm], torch.argsort(perm)
+
+
+def batch_unshuffle(x: torch.Tensor, idx_unshuffle: torch.Tensor) -> torch.Tensor:
+    return x[idx_unshuffle]
+
+
+class SplitBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d whose training statistics are computed per group of the batch.
+
+    Group ``j`` of ``G`` is the samples ``j, j+G, j+2G, ...`` (a free view of the batch; the batch is
+    shuffled before the key encoder sees it, so which samples share a group is random either way).
+
+    Same parameters and buffers (names and shapes) as :class:`nn.BatchNorm2d`, so a momentum update
+    between a plain encoder and a split-BN copy lines up key by key. Eval mode is plain BN.
+    """
+
+    def __init__(self, num_features: int, num_splits: int, **kw) -> None:
+        super().__init__(num_features, **kw)
+        self.num_splits = num_splits
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g = self.num_splits
+        if not self.training or g == 1:
+            return super().forward(x)
+        n, c, h, w = x.shape
+        if n % g == 0:
+            # One kernel, no copy: view the groups as extra channels (N/G x G*C x H x W).
+            rm = self.running_mean.repeat(g)
+            rv = self.running_var.repeat(g)
+            out = F.batch_norm(
+                x.reshape(n // g, g * c, h, w),
+                rm,
+                rv,
+                self.weight.repeat(g),
+                self.bias.repeat(g),
+                True,
+                self.momentum if self.momentum is not None else 0.1,
+                self.eps,
+            ).view(n, c, h, w)
+            self.running_mean.copy_(rm.view(g, c).mean(dim=0))
+            self.running_var.copy_(rv.view(g, c).mean(dim=0))
+            self.num_batches_tracked.add_(1)
+            return out
+        # Uneven batch: one plain BN call per group, same grouping.
+        out = torch.empty_like(x)
+        for j in range(g):
+            out[j::g] = super().forward(x[j::g])
+        return out
+
+
+def convert_split_bn(module: nn.Module, num_splits: int) -> nn.Module:
+    """Replace every BatchNorm2d in ``module`` (in place) by a :class:`SplitBatchNorm2d`, same state."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d) and not isinstance(child, SplitBatchNorm2d):
+            new = SplitBatchNorm2d(
+                child.num_features,
+                num_splits,
+                eps=child.eps,
+                momentum=child.momentum,
+                affine=child.affine,
+                track_running_stats=child.track_running_stats,
+            ).to(device=child.weight.device, dtype=child.weight.dtype)
+            new.load_state_dict(child.state_dict())
+            new.train(child.training)
+            new.requires_grad_(child.weight.requires_grad)
+            setattr(module, name, new)
+        else:
+            convert_split_bn(child, num_splits)
+    return module

@@ -1,0 +1,65 @@
+"""InfoNCE against hand computations and closed forms."""
+
+import math
+
+import torch
+from torch.nn import functional as F
+
+from moco_core.loss import info_nce, moco_logits
+
+
+def test_matches_hand_computation():
+    q = F.normalize(torch.tensor([[1.0, 0.0], [0.6, 0.8]]), dim=1)
+    k = F.normalize(torch.tensor([[0.8, 0.6], [0.0, 1.0]]), dim=1)
+    queue = torch.tensor([[1.0, 0.0, -1.0], [0.0, 1.0, 0.0]])  # C x K: keys (1,0), (0,1), (-1,0)
+    t = 0.5
+    logits = moco_logits(q, k, queue, t)
+    # row 0: q=(1,0): pos 0.8; negs 1, 0, -1.  row 1: q=(.6,.8): pos .8; negs .6, .8, -.6
+    expected = torch.tensor([[0.8, 1.0, 0.0, -1.0], [0.8, 0.6, 0.8, -0.6]]) / t
+    assert torch.allclose(logits, expected, atol=1e-6)
+    by_hand = [-(row[0] - torch.logsumexp(row, 0)) for row in expected]
+    assert torch.allclose(info_nce(logits), torch.stack(by_hand).mean(), atol=1e-6)
+
+
+def test_equal_similarities_give_log_k_plus_one():
+    n, c, kk = 4, 8, 31
+    q = F.normalize(torch.ones(n, c), dim=1)
+    k = q.clone()
+    queue = F.normalize(torch.ones(c, kk), dim=0)  # every similarity is 1
+    loss = info_nce(moco_logits(q, k, queue, temperature=0.07))
+    assert math.isclose(loss.item(), math.log(kk + 1), rel_tol=1e-5)
+
+
+def test_invariant_to_queue_permutation():
+    g = torch.Generator().manual_seed(0)
+    q = F.normalize(torch.randn(6, 5, generator=g), dim=1)
+    k = F.normalize(torch.randn(6, 5, generator=g), dim=1)
+    queue = F.normalize(torch.randn(5, 40, generator=g), dim=0)
+    perm = torch.randperm(40, generator=g)
+    a = info_nce(moco_logits(q, k, queue, 0.2))
+    b = info_nce(moco_logits(q, k, queue[:, perm], 0.2))
+    assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_lower_temperature_sharpens():
+    g = torch.Generator().manual_seed(1)
+    q = F.normalize(torch.randn(8, 5, generator=g), dim=1)
+    k = q.clone()  # positives are the best match
+    queue = F.normalize(torch.randn(5, 64, generator=g), dim=0)
+    assert info_nce(moco_logits(q, k, queue, 0.05)) < info_nce(moco_logits(q, k, queue, 0.5))
+
+
+def test_queue_is_not_copied():
+    q = F.normalize(torch.randn(2, 4), dim=1)
+    queue = F.normalize(torch.randn(4, 10), dim=0)
+    # the negatives are read from the queue's own storage: changing it before backward is detected
+    # by autograd (the reason the engine enqueues only after backward)
+    q.requires_grad_(True)
+    logits = moco_logits(q, q.detach(), queue, 0.1)
+    queue.add_(1.0)
+    try:
+        info_nce(logits).backward()
+    except RuntimeError as e:
+        assert "modified by an inplace operation" in str(e)
+    else:  # pragma: no cover
+        raise AssertionError("expected autograd to see the queue itself, not a copy")

@@ -1,0 +1,59 @@
+"""KeyQueue: FIFO order across wrap-around, any batch size, state in state_dict."""
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from moco_core.queue import KeyQueue
+
+
+def _keys(start: int, n: int, dim: int = 3) -> torch.Tensor:
+    # key i is the row [i, i, i]: its identity is readable from the queue
+    return torch.arange(start, start + n, dtype=torch.float32).unsqueeze(1).repeat(1, dim)
+
+
+@settings(max_examples=60, deadline=None)
+@given(size=st.integers(1, 37), batches=st.lists(st.integers(1, 50), min_size=1, max_size=12))
+def test_queue_is_fifo_over_any_batch_sizes(size, batches):
+    q = KeyQueue(dim=3, size=size)
+    written = 0
+    for n in batches:
+        q.enqueue(_keys(written, n))
+        written += n
+    assert int(q.ptr) == written % size
+    newest = list(range(max(0, written - size), written))
+    ids = q.ordered()[:, 0].tolist()
+    if written >= size:
+        assert ids == newest  # exactly the newest K keys, oldest first
+    else:  # the first `written` slots hold the keys, the rest are still the random init
+        assert q.keys[0, :written].tolist() == newest
+
+
+def test_wrap_around_writes_both_ends():
+    q = KeyQueue(dim=3, size=5)
+    q.enqueue(_keys(0, 4))
+    q.enqueue(_keys(4, 3))  # slots 4, 0, 1
+    assert q.keys[0].tolist() == [5.0, 6.0, 2.0, 3.0, 4.0]
+    assert int(q.ptr) == 2
+
+
+def test_batch_larger_than_queue_keeps_newest():
+    q = KeyQueue(dim=3, size=4)
+    q.enqueue(_keys(0, 1))
+    q.enqueue(_keys(1, 10))
+    assert q.ordered()[:, 0].tolist() == [7.0, 8.0, 9.0, 10.0]
+    assert int(q.ptr) == 11 % 4
+
+
+def test_state_dict_round_trip():
+    q = KeyQueue(dim=4, size=10)
+    q.enqueue(torch.randn(7, 4))
+    r = KeyQueue(dim=4, size=10)
+    r.load_state_dict(q.state_dict())
+    assert torch.equal(r.keys, q.keys) and int(r.ptr) == 7
+    assert set(q.state_dict()) == {"keys", "ptr"}
+
+
+def test_initial_keys_are_unit_vectors():
+    q = KeyQueue(dim=16, size=32)
+    assert torch.allclose(q.keys.norm(dim=0), torch.ones(32), atol=1e-5)

@@ -1,0 +1,122 @@
+"""Shuffle BN: shuffle/unshuffle identity, split BN statistics, and the real gloo collectives."""
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from moco_core.shuffle_bn import (
+    SplitBatchNorm2d,
+    batch_shuffle,
+    batch_shuffle_distributed,
+    batch_unshuffle,
+    batch_unshuffle_distributed,
+    concat_all_gather,
+    convert_split_bn,
+)
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 64])
+def test_shuffle_then_unshuffle_is_identity(n):
+    x = torch.arange(n * 3, dtype=torch.float32).view(n, 3)
+    shuffled, idx = batch_shuffle(x)
+    assert sorted(shuffled[:, 0].tolist()) == x[:, 0].tolist()  # a permutation
+    assert torch.equal(batch_unshuffle(shuffled, idx), x)
+
+
+def test_shuffle_changes_order():
+    torch.manual_seed(0)
+    x = torch.arange(64.0).view(64, 1)
+    shuffled, _ = batch_shuffle(x)
+    assert not torch.equal(shuffled, x)
+
+
+def test_split_bn_uses_per_group_statistics():
+    torch.manual_seed(0)
+    bn = SplitBatchNorm2d(3, num_splits=2).train()
+    # two groups with very different means: per-group BN centres each group on its own mean
+    a = torch.randn(4, 3, 2, 2)
+    b = torch.randn(4, 3, 2, 2) + 10.0
+    x = torch.stack([a, b], dim=1).flatten(0, 1)  # group j is samples j, j+2, ...: a at even rows
+    out = bn(x)
+    for group in (out[0::2], out[1::2]):
+        assert torch.allclose(group.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-5)
+    plain = nn.BatchNorm2d(3).train()(x)
+    assert plain[0::2].mean() < -0.5  # plain BN leaves the first group far below zero
+    # each group normalised alone gives the same result
+    ref = nn.BatchNorm2d(3).train()
+    assert torch.allclose(out[0::2], ref(a), atol=1e-5)
+
+
+def test_split_bn_uneven_batch_and_eval_mode():
+    bn = SplitBatchNorm2d(2, num_splits=3).train()
+    x = torch.randn(7, 2, 3, 3)
+    out = bn(x)
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    assert torch.allclose(out[1::3], nn.BatchNorm2d(2).train()(x[1::3]), atol=1e-5)
+    bn.eval()
+    assert torch.allclose(bn(x), nn.functional.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias))
+
+
+def test_split_bn_running_stats_average_groups():
+    bn = SplitBatchNorm2d(1, num_splits=2, momentum=1.0).train()
+    x = torch.tensor([0.0, 4.0, 0.0, 4.0]).view(4, 1, 1, 1)  # group 0: zeros, group 1: fours
+    bn(x)
+    assert torch.allclose(bn.running_mean, torch.tensor([2.0]))  # mean of the group means 0 and 4
+
+
+def test_convert_keeps_state_dict_keys():
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Sequential(nn.BatchNorm2d(4)))
+    keys = list(net.state_dict())
+    convert_split_bn(net, 4)
+    assert list(net.state_dict()) == keys
+    assert isinstance(net[1], SplitBatchNorm2d) and isinstance(net[2][0], SplitBatchNorm2d)
+
+
+# ---------------------------------------------------------------------------------------------
+# the distributed path, for real: 2 processes, gloo
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, world: int, port: int, out: dict) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(100 + rank)  # different local RNGs: the permutation must still agree
+        n = 8
+        x = (torch.arange(n, dtype=torch.float32) + 1000 * rank).view(n, 1)  # rank r owns r*1000 + i
+        shard, idx = batch_shuffle_distributed(x)
+        restored = batch_unshuffle_distributed(shard, idx)
+        gathered = concat_all_gather(x)
+        out[rank] = {"shard": shard.flatten().tolist(), "restored": restored.flatten().tolist(),
+                     "idx": idx.tolist(), "gathered": gathered.flatten().tolist()}
+    finally:
+        dist.destroy_process_group()
+
+
+def test_distributed_shuffle_with_gloo():
+    world = 2
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.spawn(_worker, args=(world, _free_port(), out), nprocs=world, join=True)
+        res = dict(out)
+    everything = sorted(v for r in range(world) for v in [i + 1000 * r for i in range(8)])
+    # every rank holds the same gathered batch and the same unshuffle index
+    assert res[0]["gathered"] == res[1]["gathered"] == [float(v) for v in everything]
+    assert res[0]["idx"] == res[1]["idx"]
+    # the shards are different and together are the whole batch, mixed across ranks
+    s0, s1 = res[0]["shard"], res[1]["shard"]
+    assert s0 != s1 and sorted(s0 + s1) == [float(v) for v in everything]
+    assert any(v >= 1000 for v in s0) or any(v < 1000 for v in s1)  # images crossed ranks
+    # unshuffle restores each rank's own batch, in order
+    for r in range(world):
+        assert res[r]["restored"] == [float(i + 1000 * r) for i in range(8)]
