@@ -98,6 +98,8 @@ def pretrain_loader(
         batch_size=per_rank,
         sampler=sampler,
         drop_last=True,
+        # its own RNG: worker seeds must not consume the global RNG, whose state is in the checkpoint
+        generator=torch.Generator().manual_seed(cfg.run.seed),
         **_loader_kwargs(cfg.data.num_workers, pin_memory),
     )
 

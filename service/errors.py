@@ -1,0 +1,18 @@
+"""The exceptions that end a command with a message rather than a traceback."""
+
+from __future__ import annotations
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Errors whose message already tells the user what was wrong and what to do."""
+    from moco_core.config import ConfigError
+    from moco_core.data import DataError
+    from moco_core.engine import NonFiniteLossError
+
+    from .cli import CliError
+    from .registry import EncoderError
+    from .tracking import TrackingError
+    from .train import PretrainError
+
+    return (ConfigError, DataError, NonFiniteLossError, CliError, EncoderError, TrackingError, PretrainError,
+            FileNotFoundError, FileExistsError)

@@ -1,0 +1,191 @@
+"""Pretraining through Ray Train on a real local cluster, tracked in a real MLflow store."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from moco_core.backbones import create_backbone
+from moco_core.data import DataError, read_dataset
+from moco_core.evaluate import extract_features, knn_metric
+from moco_core.pipeline import eval_loader
+from service import registry
+from service.tracking import TrackingError
+from service.train import PretrainError, RunRecord, backbone_from_checkpoint, load_checkpoint_dict, pretrain
+
+from .conftest import REPO, small_config
+
+pytestmark = pytest.mark.slow
+
+
+def _steps(uri: str, run_id: str, key: str = "train/loss") -> list[int]:
+    return [m.step for m in MlflowClient(uri).get_metric_history(run_id, key)]
+
+
+def _val_knn(cfg, backbone) -> float:
+    parts = read_dataset(cfg.data.root, partitions=("train", "val"))
+    f_tr = extract_features(backbone, eval_loader(cfg.data, parts["train"]))
+    f_va = extract_features(backbone, eval_loader(cfg.data, parts["val"]))
+    return knn_metric(f_tr, parts["train"].targets, f_va, parts["val"].targets, "multiclass", 10,
+                      k=cfg.eval.knn_k, t=cfg.eval.knn_t)[1]
+
+
+def test_two_gloo_workers_learn_track_and_register(ray_cluster, digits_root, tmp_path):
+    cfg = small_config(digits_root, tmp_path, "scaling.workers=2", "optim.batch_size=64", "optim.epochs=2",
+                       "moco.queue_size=256")
+    result = pretrain(cfg, check_queues=True)  # the workers assert identical queues on both ranks
+
+    uri, run_id = result.tracking_uri, result.mlflow_run_id
+    client = MlflowClient(uri)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["moco.temperature"] == "0.2" and run.data.params["scaling.workers"] == "2"
+    steps = _steps(uri, run_id)
+    n = 2 * (1078 // 64)
+    assert steps == list(range(1, n + 1))  # every step once: no gap, no duplicate
+    for key in ("train/lr", "train/momentum", "train/images_per_s", "train/pos_logit", "train/neg_logit"):
+        assert key in run.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(run_id)}
+    assert {"config.yaml", "encoder", "plots"} <= artifacts
+
+    # learning: the loss falls once the queue holds real keys, and kNN beats a random-init encoder
+    losses = [m.value for m in sorted(client.get_metric_history(run_id, "train/loss"), key=lambda m: m.step)]
+    q = len(losses) // 4
+    assert sum(losses[-q:]) / q < sum(losses[4 : 4 + q]) / q
+    torch.manual_seed(cfg.run.seed)
+    random_init = create_backbone(cfg.model.arch, cfg.data.channels, cfg.model.small_image_stem)
+    trained_knn = result.metrics["eval/knn_top1"]
+    assert trained_knn > _val_knn(cfg, random_init) + 0.01
+
+    # registry: version 1, champion alias, pulled weights give the training-time features
+    assert result.registered["version"] == 1 and result.registered["champion"]
+    trained = backbone_from_checkpoint(cfg, load_checkpoint_dict(result.checkpoint_path))
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    pulled = registry.load_encoder("models:/moco-digits@champion")
+    x = torch.rand(5, 1, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(pulled(x), trained(x), atol=1e-6)
+
+
+def _checkpoint_registered(runs: Path, name: str) -> bool:
+    """Ray Train has registered checkpoint ``name`` (its folder alone may still be uploading)."""
+    return any(name in p.read_text() for p in runs.glob("*/checkpoint_manager_snapshot.json"))
+
+
+def _kill_when_checkpointed(runs: Path, name: str, kill) -> threading.Thread:
+    def watch():
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if _checkpoint_registered(runs, name):
+                kill()
+                return
+            time.sleep(0.2)
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    return t
+
+
+def test_killed_worker_is_replaced_and_resumes_from_checkpoint(ray_cluster, digits_root, tmp_path):
+    import psutil
+
+    cfg = small_config(digits_root, tmp_path, "scaling.workers=2", "optim.batch_size=32", "optim.epochs=3",
+                       "run.max_steps_per_epoch=4", "moco.queue_size=100", "run.max_failures=2")
+    killed = []
+
+    def kill_rank1_worker():
+        workers = [p for p in psutil.process_iter(["cmdline"]) if "RayTrainWorker" in " ".join(p.info["cmdline"] or [])]
+        victim = sorted(workers, key=lambda p: p.pid)[-1]
+        os.kill(victim.pid, signal.SIGKILL)  # for real, mid-training
+        killed.append(victim.pid)
+
+    _kill_when_checkpointed(tmp_path / "runs", "epoch_00001", kill_rank1_worker)
+    result = pretrain(cfg, check_queues=True)
+    assert killed, "no worker was killed"
+    state = load_checkpoint_dict(result.checkpoint_path)
+    assert state["step"] == 12 and state["epoch"] == 3
+    assert int(state["model"]["queue.ptr"]) == (12 * 32) % 100  # the queue continued from the checkpoint
+    steps = _steps(result.tracking_uri, result.mlflow_run_id)
+    assert steps == list(range(1, 13))  # no gap and no duplicate across the restart
+    resumed = _steps(result.tracking_uri, result.mlflow_run_id, "train/resumed_at_step")
+    assert resumed and all(s in (4, 8) for s in resumed)  # restarted from an epoch checkpoint
+
+
+def test_resume_after_driver_crash_equals_uninterrupted_run(ray_cluster, digits_root, tmp_path):
+    common = ("optim.batch_size=32", "optim.epochs=3", "run.max_steps_per_epoch=3", "moco.queue_size=50",
+              "eval.knn_every_epochs=0")
+    reference = pretrain(small_config(digits_root, tmp_path / "a", *common))
+
+    b = tmp_path / "b"
+    cfg_b = small_config(digits_root, b, *common)
+    env = dict(os.environ, RAY_ADDRESS=ray_cluster.get_runtime_context().gcs_address, PYTHONUNBUFFERED="1")
+    args = ["pretrain", str(REPO / "experiments" / "digits.yaml")]
+    for o in (f"data.root={digits_root}", "data.num_workers=0", f"run.storage_path={b / 'runs'}",
+              f"tracking.uri=sqlite:///{b / 'mlflow.db'}", *common):
+        args += ["--set", o]
+    driver = subprocess.Popen([sys.executable, "-m", "service.cli", *args], env=env, cwd=b.parent,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 300
+    while not _checkpoint_registered(b / "runs", "epoch_00001") and driver.poll() is None \
+            and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert driver.poll() is None, driver.stdout.read().decode()[-3000:]
+    driver.send_signal(signal.SIGKILL)  # the driver dies mid-run
+    driver.wait()
+    record = RunRecord.load(next((b / "runs").glob("*/moco_run.json")).parent)
+    assert record.status == "running"
+    time.sleep(2)  # let Ray reap the dead driver's actors
+
+    resumed = pretrain(cfg_b, resume=True)
+    assert resumed.run_name == record.name and resumed.mlflow_run_id == record.mlflow_run_id
+    ref_state = load_checkpoint_dict(reference.checkpoint_path)
+    res_state = load_checkpoint_dict(resumed.checkpoint_path)
+    assert res_state["step"] == ref_state["step"] == 9
+    assert int(res_state["model"]["queue.ptr"]) == int(ref_state["model"]["queue.ptr"])
+    assert resumed.metrics["train/loss"] == pytest.approx(reference.metrics["train/loss"], rel=1e-4)
+    assert torch.allclose(res_state["model"]["queue.keys"], ref_state["model"]["queue.keys"], atol=1e-4)
+    assert _steps(resumed.tracking_uri, resumed.mlflow_run_id) == list(range(1, 10))
+    assert MlflowClient(resumed.tracking_uri).get_run(resumed.mlflow_run_id).info.status == "FINISHED"
+    with pytest.raises(PretrainError, match="nothing to resume"):
+        pretrain(cfg_b, resume=True)  # finished runs are not resumed again
+
+
+def test_non_finite_loss_stops_with_clear_error_and_keeps_checkpoint(ray_cluster, digits_root, tmp_path):
+    cfg = small_config(digits_root, tmp_path, "optim.lr=1.0e+30", "optim.batch_size=16", "optim.epochs=3",
+                       "run.max_steps_per_epoch=1", "run.max_failures=0", "eval.knn_every_epochs=0",
+                       "moco.split_bn_groups=2")
+    with pytest.raises(PretrainError, match="non-finite loss") as err:
+        pretrain(cfg)
+    assert "--resume" in str(err.value)
+    assert list((tmp_path / "runs").glob("*/epoch_00001/state.pt"))  # the last good checkpoint stays
+
+
+def test_dataset_fault_stops_before_ray(digits_root, tmp_path):
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(digits_root, root)
+    victim = next((root / "train").rglob("*.png"))
+    victim.unlink()
+    cfg = small_config(root, tmp_path)
+    with pytest.raises(DataError, match=victim.name):
+        pretrain(cfg)
+    assert not (tmp_path / "runs").exists()  # nothing was started
+
+
+def test_unreachable_mlflow_fails_before_training(digits_root, tmp_path):
+    cfg = small_config(digits_root, tmp_path, "tracking.uri=http://127.0.0.1:9")
+    with pytest.raises(TrackingError, match="127.0.0.1:9"):
+        pretrain(cfg)
+    assert not (tmp_path / "runs").exists()
