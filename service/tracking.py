@@ -80,6 +80,14 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
         raise TrackingError(f"MLflow tracking URI {uri} cannot be used: {type(e).__name__}: {e}") from e
 
 
+def default_artifact_location(uri: str) -> str | None:
+    """Beside a local sqlite store, artifacts go to ``mlruns/`` next to the database file (where
+    ``mlflow ui`` run in that folder finds them), not into whatever folder the run started from."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///") :]).parent / "mlruns").as_uri()
+    return None  # a tracking server decides
+
+
 def _param_value(v: Any) -> str:
     s = "" if v is None else str(v)
     return s if len(s) <= MAX_PARAM_LEN else s[: MAX_PARAM_LEN - 3] + "..."
@@ -95,7 +103,9 @@ def start_run(
     """Create the MLflow run of a training run: the whole config as params and ``config.yaml``."""
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(cfg.tracking.experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(cfg.tracking.experiment)
+    exp_id = exp.experiment_id if exp else client.create_experiment(
+        cfg.tracking.experiment, artifact_location=default_artifact_location(uri)
+    )
     all_tags = {"mlflow.runName": run_name, "moco.name": cfg.name, **(tags or {})}
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
