@@ -50,6 +50,11 @@ class MocoConfig(_Strict):
     shuffle_bn: Literal["auto", "distributed", "split", "off"] = "auto"
     split_bn_groups: int = Field(8, ge=2)  # groups of split BN (single-process shuffle BN)
 
+    @field_validator("shuffle_bn", mode="before")
+    @classmethod
+    def _yaml_off(cls, v: Any) -> Any:
+        return "off" if v is False else v  # YAML reads a bare `off` as false
+
 
 class AugmentConfig(_Strict):
     recipe: Literal["mocov1", "mocov2", "cxr"] = "mocov2"
