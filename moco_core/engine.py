@@ -135,27 +135,29 @@ def train_step(
     with autocast(device, cfg.run.precision):
         out = forward(im_q, im_k)
         loss = info_nce(out.logits)
-    with torch.no_grad():  # one host sync per step for all the numbers
+    with torch.no_grad():
         t = cfg.moco.temperature
         stats = torch.stack(
             [loss.detach(), out.logits[:, 0].float().mean() * t, out.logits[:, 1:].float().mean() * t]
-        ).tolist()
-    if not all(np.isfinite(stats)):
-        raise NonFiniteLossError(
-            f"non-finite loss {stats[0]} at step {state.step} (epoch {state.epoch}); lower optim.lr or "
-            "check the data; the last checkpoint is kept"
         )
     state.optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    # One host sync per step, once the backward pass is queued; nothing has been updated yet.
+    values = stats.tolist()
+    if not all(np.isfinite(values)):
+        raise NonFiniteLossError(
+            f"non-finite loss {values[0]} at step {state.step} (epoch {state.epoch}); lower optim.lr or "
+            "check the data; the last checkpoint is kept"
+        )
     state.model.enqueue(out.k)
     state.optimizer.step()
     state.scheduler.step()
     state.model.momentum_update(m)
     state.step += 1
     return {
-        "train/loss": stats[0],
-        "train/pos_logit": stats[1],  # mean q.k+ (cosine, before 1/T)
-        "train/neg_logit": stats[2],  # mean q.queue (cosine, before 1/T)
+        "train/loss": values[0],
+        "train/pos_logit": values[1],  # mean q.k+ (cosine, before 1/T)
+        "train/neg_logit": values[2],  # mean q.queue (cosine, before 1/T)
         "train/lr": lr,
         "train/momentum": m,
     }

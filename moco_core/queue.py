@@ -22,6 +22,9 @@ class KeyQueue(nn.Module):
         init = F.normalize(torch.randn(dim, size, generator=generator), dim=0)  # dim x K
         self.register_buffer("keys", init)
         self.register_buffer("ptr", torch.zeros((), dtype=torch.long))  # next column to write
+        # host copy of ptr: reading the buffer would stall a GPU step on a device-to-host sync
+        self._host_ptr: int | None = 0
+        self.register_load_state_dict_post_hook(lambda module, keys: setattr(module, "_host_ptr", None))
 
     @property
     def size(self) -> int:
@@ -32,7 +35,9 @@ class KeyQueue(nn.Module):
         """Write ``keys`` (N x dim) over the oldest entries, in order, wrapping around."""
         n = keys.shape[0]
         k = self.size
-        ptr = int(self.ptr)
+        if self._host_ptr is None:  # after load_state_dict
+            self._host_ptr = int(self.ptr)
+        start = ptr = self._host_ptr
         if n >= k:  # only the newest K keys survive; they end just before the new pointer
             keys = keys[n - k :]
             ptr = (ptr + n - k) % k
@@ -42,7 +47,8 @@ class KeyQueue(nn.Module):
         self.keys[:, ptr : ptr + first].copy_(kt[:, :first])
         if first < m:  # wrap around to the start
             self.keys[:, : m - first].copy_(kt[:, first:])
-        self.ptr.fill_((int(self.ptr) + n) % k)
+        self._host_ptr = (start + n) % k
+        self.ptr.fill_(self._host_ptr)
 
     def ordered(self) -> torch.Tensor:
         """The keys oldest first (K x dim); for tests and inspection, not the hot path."""

@@ -82,11 +82,10 @@ def batch_unshuffle(x: torch.Tensor, idx_unshuffle: torch.Tensor) -> torch.Tenso
 class SplitBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm2d whose training statistics are computed per group of the batch.
 
-    Group ``j`` of ``G`` is the samples ``j, j+G, j+2G, ...`` (a free view of the batch; the batch is
-    shuffled before the key encoder sees it, so which samples share a group is random either way).
-
-    Same parameters and buffers (names and shapes) as :class:`nn.BatchNorm2d`, so a momentum update
-    between a plain encoder and a split-BN copy lines up key by key. Eval mode is plain BN.
+    Group ``j`` of ``G`` is the ``j``-th contiguous block of ``N / G`` samples (the batch is shuffled
+    before the key encoder sees it, so which samples share a group is random). Same parameters and
+    buffers (names and shapes) as :class:`nn.BatchNorm2d`, so a momentum update between a plain encoder
+    and a split-BN copy lines up key by key. Eval mode is plain BN.
     """
 
     def __init__(self, num_features: int, num_splits: int, **kw) -> None:
@@ -98,28 +97,28 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
         if not self.training or g == 1:
             return super().forward(x)
         n, c, h, w = x.shape
-        if n % g == 0:
-            # One kernel, no copy: view the groups as extra channels (N/G x G*C x H x W).
-            rm = self.running_mean.repeat(g)
-            rv = self.running_var.repeat(g)
-            out = F.batch_norm(
-                x.reshape(n // g, g * c, h, w),
-                rm,
-                rv,
-                self.weight.repeat(g),
-                self.bias.repeat(g),
-                True,
-                self.momentum if self.momentum is not None else 0.1,
-                self.eps,
-            ).view(n, c, h, w)
-            self.running_mean.copy_(rm.view(g, c).mean(dim=0))
-            self.running_var.copy_(rv.view(g, c).mean(dim=0))
-            self.num_batches_tracked.add_(1)
-            return out
-        # Uneven batch: one plain BN call per group, same grouping.
-        out = torch.empty_like(x)
-        for j in range(g):
-            out[j::g] = super().forward(x[j::g])
+        if n % g:  # uneven batch: one plain BN call per group
+            return torch.cat([super(SplitBatchNorm2d, self).forward(chunk) for chunk in x.tensor_split(g)])
+        # Splitting the batch dimension is a view in any memory format (channels_last included).
+        xg = x.view(g, n // g, c, h, w)
+        var, mean = torch.var_mean(xg, dim=(1, 3, 4), correction=0, keepdim=True)  # G x 1 x C x 1 x 1
+        scale = torch.rsqrt(var.float() + self.eps)
+        if self.affine:
+            scale = scale * self.weight.view(1, 1, c, 1, 1)
+        shift = -mean.float() * scale
+        if self.affine:
+            shift = shift + self.bias.view(1, 1, c, 1, 1)
+        # one fused pass over the activations: x * scale + shift
+        out = torch.addcmul(shift.to(x.dtype), xg, scale.to(x.dtype)).view(n, c, h, w)
+        if self.track_running_stats:
+            with torch.no_grad():
+                m = self.momentum if self.momentum is not None else 0.1
+                count = (n // g) * h * w
+                batch_mean = mean.float().mean(dim=0).view(c)
+                batch_var = var.float().mean(dim=0).view(c) * (count / max(count - 1, 1))  # unbiased
+                self.running_mean.lerp_(batch_mean.to(self.running_mean.dtype), m)
+                self.running_var.lerp_(batch_var.to(self.running_var.dtype), m)
+                self.num_batches_tracked.add_(1)
         return out
 
 

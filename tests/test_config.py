@@ -49,7 +49,7 @@ def test_cross_field_checks():
     with pytest.raises(ConfigError, match="needs scaling.workers >= 2"):
         load_config(REPO / "experiments" / "digits.yaml", ["moco.shuffle_bn=distributed"])
     with pytest.raises(ConfigError, match="split_bn_groups"):
-        load_config(REPO / "experiments" / "digits.yaml", ["optim.batch_size=4"])
+        load_config(REPO / "experiments" / "digits.yaml", ["optim.batch_size=2"])
 
 
 def test_missing_file_and_bad_yaml(tmp_path):

@@ -41,15 +41,18 @@ def test_split_bn_uses_per_group_statistics():
     # two groups with very different means: per-group BN centres each group on its own mean
     a = torch.randn(4, 3, 2, 2)
     b = torch.randn(4, 3, 2, 2) + 10.0
-    x = torch.stack([a, b], dim=1).flatten(0, 1)  # group j is samples j, j+2, ...: a at even rows
+    x = torch.cat([a, b])  # group 0 is the first half of the batch, group 1 the second
     out = bn(x)
-    for group in (out[0::2], out[1::2]):
+    for group in (out[:4], out[4:]):
         assert torch.allclose(group.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-5)
     plain = nn.BatchNorm2d(3).train()(x)
-    assert plain[0::2].mean() < -0.5  # plain BN leaves the first group far below zero
-    # each group normalised alone gives the same result
+    assert plain[:4].mean() < -0.5  # plain BN leaves the first group far below zero
+    # each group normalised alone gives the same result, gradients included
     ref = nn.BatchNorm2d(3).train()
-    assert torch.allclose(out[0::2], ref(a), atol=1e-5)
+    assert torch.allclose(out[:4], ref(a), atol=1e-5)
+    assert torch.allclose(out[4:], nn.BatchNorm2d(3).train()(b), atol=1e-5)
+    out.sum().backward()
+    assert bn.weight.grad is not None
 
 
 def test_split_bn_uneven_batch_and_eval_mode():
@@ -57,16 +60,24 @@ def test_split_bn_uneven_batch_and_eval_mode():
     x = torch.randn(7, 2, 3, 3)
     out = bn(x)
     assert out.shape == x.shape and torch.isfinite(out).all()
-    assert torch.allclose(out[1::3], nn.BatchNorm2d(2).train()(x[1::3]), atol=1e-5)
+    assert torch.allclose(out[3:5], nn.BatchNorm2d(2).train()(x[3:5]), atol=1e-5)  # groups of 3, 2, 2
     bn.eval()
     assert torch.allclose(bn(x), nn.functional.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias))
 
 
 def test_split_bn_running_stats_average_groups():
     bn = SplitBatchNorm2d(1, num_splits=2, momentum=1.0).train()
-    x = torch.tensor([0.0, 4.0, 0.0, 4.0]).view(4, 1, 1, 1)  # group 0: zeros, group 1: fours
+    x = torch.tensor([0.0, 0.0, 4.0, 4.0]).view(4, 1, 1, 1)  # group 0: zeros, group 1: fours
     bn(x)
     assert torch.allclose(bn.running_mean, torch.tensor([2.0]))  # mean of the group means 0 and 4
+
+
+def test_split_bn_channels_last_matches_contiguous():
+    bn = SplitBatchNorm2d(4, num_splits=4).train()
+    x = torch.randn(8, 4, 5, 5)
+    a = bn(x)
+    b = bn(x.contiguous(memory_format=torch.channels_last))
+    assert torch.allclose(a, b, atol=1e-5)
 
 
 def test_convert_keeps_state_dict_keys():
