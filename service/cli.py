@@ -172,6 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("ref", metavar="REF", help="models:/NAME@ALIAS, models:/NAME/VERSION, a run id, or a folder")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.set_defaults(func=cmd_encoders_pull)
+
+    # Commands whose code lives in their own module; each adds its parsers (heavy imports stay lazy).
+    from . import evaluation, jobs, tune
+
+    for module in (evaluation, tune, jobs):
+        module.add_commands(sub)
     return parser
 
 
