@@ -41,7 +41,7 @@ class ProgressPrinter:
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
         self.every_s = every_s
-        self.last = 0.0
+        self.last = float("-inf")  # the first record is always shown
         self.live = False
 
     def show(self, p: dict[str, Any]) -> None:
