@@ -10,9 +10,11 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from moco_core.engine import NonFiniteLossError
 
     from .cli import CliError
+    from .jobs import JobsError
     from .registry import EncoderError
+    from .storage import StorageError
     from .tracking import TrackingError
     from .train import PretrainError
 
     return (ConfigError, DataError, NonFiniteLossError, CliError, EncoderError, TrackingError, PretrainError,
-            FileNotFoundError, FileExistsError)
+            JobsError, StorageError, FileNotFoundError, FileExistsError)

@@ -1,0 +1,100 @@
+"""Small files under ``run.storage_path``, which is a local folder or a URI (``s3://``, ``gs://``,
+``file://``): the run records that ``--resume`` reads.
+
+Ray Train persists checkpoints under the same path through ``pyarrow.fs``; this module uses the same
+file systems, so a run on a cluster keeps its record beside its checkpoints on shared storage (never on
+one worker's local disk). S3-compatible stores (MinIO) are reached with the usual ``AWS_*`` variables,
+``AWS_ENDPOINT_URL`` included.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+class StorageError(RuntimeError):
+    """``run.storage_path`` cannot be used; the message names the path."""
+
+
+def is_uri(path: str) -> bool:
+    return "://" in str(path)
+
+
+def join(base: str, *parts: str) -> str:
+    """``base/part/...`` for a folder or a URI (a URI's query string, if any, stays at the end)."""
+    base = str(base)
+    if not is_uri(base):
+        return str(Path(base, *parts))
+    head, sep, query = base.partition("?")
+    return "/".join([head.rstrip("/"), *(p.strip("/") for p in parts)]) + (sep + query if sep else "")
+
+
+def _fs(uri: str):
+    import pyarrow.fs
+
+    try:
+        return pyarrow.fs.FileSystem.from_uri(uri)
+    except Exception as e:  # noqa: BLE001 - pyarrow raises ArrowInvalid / OSError by scheme
+        raise StorageError(
+            f"run.storage_path: cannot open {uri}: {e}. Use a local folder, an NFS path every node mounts, "
+            "or an s3:// / gs:// URI (credentials from the usual AWS_* / GOOGLE_* variables)"
+        ) from None
+
+
+def write_text(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` (parent folders created); atomic for local folders."""
+    if not is_uri(path):
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
+        tmp.write_text(text)
+        tmp.replace(p)
+        return
+    fs, inner = _fs(path)
+    try:
+        fs.create_dir(inner.rsplit("/", 1)[0], recursive=True)
+        with fs.open_output_stream(inner) as f:  # object stores replace an object atomically
+            f.write(text.encode())
+    except OSError as e:
+        raise StorageError(f"cannot write {path}: {e}") from None
+
+
+def read_text(path: str) -> str:
+    if not is_uri(path):
+        return Path(path).read_text()
+    fs, inner = _fs(path)
+    try:
+        with fs.open_input_stream(inner) as f:
+            return f.read().decode()
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise StorageError(f"cannot read {path}: {e}") from None
+
+
+def exists(path: str) -> bool:
+    if not is_uri(path):
+        return Path(path).exists()
+    import pyarrow.fs
+
+    fs, inner = _fs(path)
+    return fs.get_file_info(inner).type != pyarrow.fs.FileType.NotFound
+
+
+def list_dirs(path: str) -> list[str]:
+    """Names of the folders directly under ``path`` (none when ``path`` does not exist)."""
+    if not is_uri(path):
+        p = Path(path)
+        return sorted(c.name for c in p.iterdir() if c.is_dir()) if p.is_dir() else []
+    import pyarrow.fs
+
+    fs, inner = _fs(path)
+    try:
+        infos = fs.get_file_info(pyarrow.fs.FileSelector(inner, allow_not_found=True))
+    except OSError as e:
+        raise StorageError(f"cannot list {path}: {e}") from None
+    return sorted(i.base_name for i in infos if i.type == pyarrow.fs.FileType.Directory)
+
+
+__all__ = ["StorageError", "is_uri", "join", "write_text", "read_text", "exists", "list_dirs"]
