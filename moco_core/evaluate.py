@@ -1,4 +1,9 @@
-"""Evaluation of frozen features: the kNN monitor (Wu et al., 2018), top-1 accuracy and AUROC."""
+"""Evaluation of frozen features and the metrics of every protocol.
+
+Features, the weighted kNN classifier (InstDisc: Wu et al., 2018), and the test metrics by label kind:
+top-1 accuracy (multi-class), AUROC per label and their mean (binary, multi-label), ROC curves and a
+percentile bootstrap interval.
+"""
 
 from __future__ import annotations
 
@@ -45,15 +50,27 @@ def knn_scores(
     Returns:
         M x C scores in [0, 1]: the normalised vote mass per class or label.
     """
+    top_sim, top_idx = nearest_neighbours(query, bank, k, chunk)  # M x k
+    w = (top_sim / t).exp()  # M x k
+    votes = (w.unsqueeze(-1) * bank_targets[top_idx]).sum(dim=1)  # M x C
+    return votes / w.sum(dim=1, keepdim=True)
+
+
+def nearest_neighbours(
+    query: torch.Tensor, bank: torch.Tensor, k: int, chunk: int = 1024
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cosine similarities and indices (both M x k, most similar first) of the k nearest bank items.
+
+    ``query`` (M x D) and ``bank`` (N x D) are unit features; k is capped at N.
+    """
     k = min(k, bank.shape[0])
-    out = []
+    sims, idxs = [], []
     for start in range(0, query.shape[0], chunk):
         sim = query[start : start + chunk] @ bank.t()  # m x N
         top_sim, top_idx = sim.topk(k, dim=1)  # m x k
-        w = (top_sim / t).exp()  # m x k
-        votes = (w.unsqueeze(-1) * bank_targets[top_idx]).sum(dim=1)  # m x C
-        out.append(votes / w.sum(dim=1, keepdim=True))
-    return torch.cat(out)
+        sims.append(top_sim)
+        idxs.append(top_idx)
+    return torch.cat(sims), torch.cat(idxs)
 
 
 def top1(scores: torch.Tensor, targets: torch.Tensor) -> float:
@@ -61,36 +78,104 @@ def top1(scores: torch.Tensor, targets: torch.Tensor) -> float:
     return float((scores.argmax(dim=1) == targets).float().mean())
 
 
+def _average_ranks(x: np.ndarray) -> np.ndarray:
+    """1-based ranks of ``x``, ties sharing their average rank."""
+    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)  # 1-based rank of the last member of each group
+    return (ends - (counts - 1) / 2.0)[inverse]
+
+
 def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
     """Area under the ROC curve for one binary label (Mann-Whitney U, ties counted half).
 
     Returns NaN when only one class is present.
     """
-    scores = np.asarray(scores, dtype=np.float64)
-    labels = np.asarray(labels).astype(bool)
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    labels = np.asarray(labels).astype(bool).reshape(-1)
     n_pos, n_neg = int(labels.sum()), int((~labels).sum())
     if n_pos == 0 or n_neg == 0:
         return float("nan")
-    order = np.argsort(scores, kind="mergesort")
-    ranks = np.empty(len(scores), dtype=np.float64)
-    sorted_scores = scores[order]
-    # average ranks over ties
-    i = 0
-    while i < len(scores):
-        j = i
-        while j + 1 < len(scores) and sorted_scores[j + 1] == sorted_scores[i]:
-            j += 1
-        ranks[order[i : j + 1]] = 0.5 * (i + j) + 1.0
-        i = j + 1
-    u = ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0
+    u = _average_ranks(scores)[labels].sum() - n_pos * (n_pos + 1) / 2.0
     return float(u / (n_pos * n_neg))
+
+
+def roc_curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(false positive rate, true positive rate)`` at every distinct threshold, from (0, 0) to (1, 1).
+
+    The trapezoidal area under it equals :func:`auroc`.
+    """
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    labels = np.asarray(labels).astype(bool).reshape(-1)
+    order = np.argsort(-scores, kind="mergesort")
+    s, y = scores[order], labels[order]
+    last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]  # last index of each run of equal scores
+    tp, fp = np.cumsum(y)[last], np.cumsum(~y)[last]
+    n_pos, n_neg = max(int(y.sum()), 1), max(int((~y).sum()), 1)
+    return np.r_[0.0, fp / n_neg], np.r_[0.0, tp / n_pos]
 
 
 def mean_auroc(scores: np.ndarray, labels: np.ndarray) -> float:
     """Mean AUROC over the label columns that have both classes (NaN if none)."""
-    vals = [auroc(scores[:, j], labels[:, j]) for j in range(labels.shape[1])]
-    vals = [v for v in vals if not np.isnan(v)]
+    vals = [v for v in per_label_auroc(scores, labels) if not np.isnan(v)]
     return float(np.mean(vals)) if vals else float("nan")
+
+
+def metric_name(label_kind: str) -> str:
+    """The test metric of a label kind: ``"top1"`` (multi-class) or ``"auroc"`` (binary, multi-label:
+    the mean over labels)."""
+    if label_kind == "multiclass":
+        return "top1"
+    if label_kind in ("binary", "multilabel"):
+        return "auroc"
+    raise ValueError(f"evaluation needs labels; label kind is {label_kind!r}")
+
+
+def task_score(scores: np.ndarray, targets: np.ndarray, label_kind: str) -> float:
+    """Top-1 accuracy of N x C class scores against integer targets (multi-class), or the mean AUROC
+    of N x L label scores against 0/1 targets (binary, multi-label)."""
+    scores = np.asarray(scores)
+    if metric_name(label_kind) == "top1":
+        return float((scores.argmax(axis=1) == np.asarray(targets)).mean())
+    return mean_auroc(scores.reshape(len(scores), -1), np.asarray(targets).reshape(len(scores), -1))
+
+
+def per_label_auroc(scores: np.ndarray, labels: np.ndarray) -> list[float]:
+    """AUROC of each label column (NaN where a column has a single class)."""
+    scores = np.asarray(scores).reshape(len(scores), -1)
+    labels = np.asarray(labels).reshape(len(labels), -1)
+    return [auroc(scores[:, j], labels[:, j]) for j in range(labels.shape[1])]
+
+
+def bootstrap_ci(
+    scores: np.ndarray,
+    targets: np.ndarray,
+    label_kind: str,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of :func:`task_score`: the test set resampled with replacement
+    ``n_boot`` times (seeded). Resamples whose score is undefined (one class only) are skipped."""
+    scores, targets = np.asarray(scores), np.asarray(targets)
+    n = len(scores)
+    if n_boot <= 0 or n == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    if metric_name(label_kind) == "top1":
+        correct = (scores.argmax(axis=1) == targets).astype(np.float64)  # N
+        values = np.concatenate([
+            correct[rng.integers(0, n, size=(min(256, n_boot - i), n))].mean(axis=1)  # b
+            for i in range(0, n_boot, 256)
+        ])
+    else:
+        values = np.array([task_score(scores[idx], targets[idx], label_kind)
+                           for idx in rng.integers(0, n, size=(n_boot, n))])
+    values = values[~np.isnan(values)]
+    if len(values) == 0:
+        return float("nan"), float("nan")
+    tail = 100.0 * (1.0 - level) / 2.0
+    lo, hi = np.percentile(values, [tail, 100.0 - tail])
+    return float(lo), float(hi)
 
 
 def as_score_targets(targets: np.ndarray, label_kind: str, num_classes: int) -> torch.Tensor:
@@ -112,11 +197,7 @@ def knn_metric(
     t: float = 0.1,
 ) -> tuple[str, float]:
     """``("knn_top1", acc)`` for multi-class, ``("knn_auroc", mean AUROC)`` for binary/multi-label."""
+    name = f"knn_{metric_name(label_kind)}"
     bank_targets = as_score_targets(train_targets, label_kind, num_classes)
     scores = knn_scores(test_feats, train_feats, bank_targets, k=k, t=t)
-    if label_kind == "multiclass":
-        return "knn_top1", top1(scores, torch.as_tensor(np.asarray(test_targets)).long())
-    if label_kind in ("binary", "multilabel"):
-        labels = np.asarray(test_targets).reshape(len(test_targets), -1)
-        return "knn_auroc", mean_auroc(scores.numpy(), labels)
-    raise ValueError(f"kNN evaluation needs labels; label kind is {label_kind!r}")
+    return name, task_score(scores.numpy(), np.asarray(test_targets), label_kind)

@@ -105,11 +105,16 @@ def pretrain_loader(
 
 
 def eval_loader(
-    data: DataConfig, partition: Partition, batch_size: int = 256, pin_memory: bool = False
+    data: DataConfig, partition: Partition, batch_size: int = 256, pin_memory: bool = False,
+    transform: Callable | None = None,
 ) -> DataLoader:
-    """Deterministic, non-augmented batches of ``(image, index)`` in CSV order."""
+    """Deterministic, non-augmented batches of ``(image, index)`` in CSV order.
+
+    ``transform`` defaults to ``build_eval_transform(data.image_size, data.channels)``; a pulled encoder
+    passes its own (the same, with the normalisation recorded in its package).
+    """
     images = ImageDataset(
-        partition, data.channels, transform=build_eval_transform(data.image_size, data.channels),
+        partition, data.channels, transform=transform or build_eval_transform(data.image_size, data.channels),
         cache=data.cache_decoded,
     )
     if data.cache_decoded:
