@@ -173,10 +173,21 @@ def connect(address: str | None = None, token: str | None = None):
         token = None  # never send a token to a cluster that does not ask for one
     from ray.job_submission import JobSubmissionClient
 
+    _quiet_sdk_logs()
     try:
         return JobSubmissionClient(address, headers=_headers(token))
     except (ConnectionError, RuntimeError) as e:
         raise JobsError(f"the Ray dashboard at {address} cannot be used: {e}") from None
+
+
+def _quiet_sdk_logs() -> None:
+    """The Jobs SDK logs each package upload and socket close at INFO; `moco -v` still shows them."""
+    import logging
+
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        for name in list(logging.root.manager.loggerDict):
+            if name.startswith(("ray.dashboard", "ray._private.runtime_env")):
+                logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _call(client, what: str, fn, *args):

@@ -26,7 +26,7 @@ from moco_core.engine import TrainState, build_train_state, fit
 from moco_core.evaluate import extract_features, knn_metric
 from moco_core.pipeline import eval_loader, pretrain_loader, steps_per_epoch
 
-from . import tracking
+from . import storage, tracking
 from .progress import ProgressPrinter, ProgressRelay, ProgressSender
 
 log = logging.getLogger(__name__)
@@ -54,18 +54,16 @@ class RunRecord:
     created: str = ""
 
     @property
-    def folder(self) -> Path:
-        return Path(self.storage_path) / self.name
+    def folder(self) -> str:
+        """``storage_path/name``: a local folder or a URI (``s3://...``), beside the run's checkpoints."""
+        return storage.join(self.storage_path, self.name)
 
     def save(self) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = self.folder / (RUN_RECORD + ".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2))
-        tmp.replace(self.folder / RUN_RECORD)
+        storage.write_text(storage.join(self.folder, RUN_RECORD), json.dumps(asdict(self), indent=2))
 
     @classmethod
-    def load(cls, folder: Path) -> RunRecord:
-        return cls(**json.loads((folder / RUN_RECORD).read_text()))
+    def load(cls, folder: str | Path) -> RunRecord:
+        return cls(**json.loads(storage.read_text(storage.join(str(folder), RUN_RECORD))))
 
 
 def storage_path_of(cfg: ExperimentConfig) -> str:
@@ -78,15 +76,18 @@ def storage_path_of(cfg: ExperimentConfig) -> str:
 
 def find_resumable(cfg: ExperimentConfig, run_name: str | None = None) -> RunRecord:
     """The named run, or the latest unfinished run of this experiment."""
-    root = Path(storage_path_of(cfg))
+    root = storage_path_of(cfg)
     if run_name:
-        folder = root / run_name
-        if not (folder / RUN_RECORD).is_file():
+        folder = storage.join(root, run_name)
+        if not storage.exists(storage.join(folder, RUN_RECORD)):
             raise PretrainError(f"no run named {run_name!r} under {root}")
         return RunRecord.load(folder)
     candidates = []
-    for rec_file in root.glob(f"{cfg.name}-*/{RUN_RECORD}"):
-        rec = RunRecord.load(rec_file.parent)
+    for name in storage.list_dirs(root):
+        folder = storage.join(root, name)
+        if not name.startswith(f"{cfg.name}-") or not storage.exists(storage.join(folder, RUN_RECORD)):
+            continue
+        rec = RunRecord.load(folder)
         if rec.status != "finished" and rec.config.get("name") == cfg.name:
             candidates.append(rec)
     if not candidates:
