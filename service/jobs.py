@@ -126,6 +126,11 @@ def probe(address: str, token: str | None = None, timeout_s: float = PROBE_TIMEO
         ) from None
     except requests.exceptions.RequestException as e:
         reason = getattr(e, "args", [e])[0]
+        if any(k in str(reason) for k in ("BadStatusLine", "RemoteDisconnected", "InvalidHeader")):
+            raise JobsError(
+                f"{address} does not speak HTTP: not a Ray dashboard. Use the head's dashboard address "
+                "(port 8265 by default), not the GCS port (6379) or another service"
+            ) from None
         raise JobsError(
             f"cannot reach the Ray dashboard at {address} ({_short(reason)}). Is the head running, and is "
             "this its dashboard address (port 8265 by default)? Check --address / RAY_API_SERVER_ADDRESS"
