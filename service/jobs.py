@@ -19,6 +19,7 @@ import argparse
 import ipaddress
 import os
 import secrets
+import shlex
 import socket
 import sys
 import tempfile
@@ -273,8 +274,11 @@ def check_cluster_paths(cfg: ExperimentConfig, address: str) -> None:
         )
 
 
-def package(cfg: ExperimentConfig, folder: Path, *, tune: bool, code: str, tracking_uri: str) -> tuple[str, dict]:
-    """Write the job's config into ``folder``; the entrypoint and the runtime environment."""
+def package(
+    cfg: ExperimentConfig, folder: Path, *, tune: bool, code: str, tracking_uri: str, resume: str | None = None
+) -> tuple[str, dict]:
+    """Write the job's config into ``folder``; the entrypoint and the runtime environment. ``resume``:
+    ``""`` continues the latest unfinished run of the experiment, a name continues that run."""
     cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"uri": tracking_uri})})
     folder.mkdir(parents=True, exist_ok=True)
     (folder / CONFIG_FILE).write_text(dump_yaml(cfg))
@@ -291,8 +295,12 @@ def package(cfg: ExperimentConfig, folder: Path, *, tune: bool, code: str, track
             )
         runtime_env["py_modules"] = [str(REPO / p) for p in CODE_PACKAGES]
         runtime_env["excludes"] = ["__pycache__", "*.pyc"]
-    command = "tune" if tune else "pretrain"
-    return f"python -m service.cli {command} {CONFIG_FILE}", runtime_env
+    entrypoint = f"python -m service.cli {'tune' if tune else 'pretrain'} {CONFIG_FILE}"
+    if resume is not None:
+        if tune:
+            raise JobsError("--resume continues a pretraining run; it does not apply with --tune")
+        entrypoint += " --resume" + (f" {shlex.quote(resume)}" if resume else "")
+    return entrypoint, runtime_env
 
 
 def submit(
@@ -303,6 +311,7 @@ def submit(
     code: str = "upload",
     tracking_uri: str | None = None,
     token: str | None = None,
+    resume: str | None = None,
 ) -> tuple[str, Any]:
     """Submit one experiment; returns ``(submission id, client)``. Everything that can be checked here
     (config, paths, tracking URI, cluster, token) is checked before the job exists."""
@@ -312,7 +321,8 @@ def submit(
     client = connect(address, token)
     sub_id = f"moco-{cfg.name}-{datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
     with tempfile.TemporaryDirectory(prefix="moco-job-") as tmp:
-        entrypoint, runtime_env = package(cfg, Path(tmp) / "job", tune=tune, code=code, tracking_uri=uri)
+        entrypoint, runtime_env = package(cfg, Path(tmp) / "job", tune=tune, code=code, tracking_uri=uri,
+                                          resume=resume)
         metadata = {"moco_name": cfg.name, "moco_command": "tune" if tune else "pretrain", "moco_tracking_uri": uri}
         _call(
             client, "submit",
@@ -414,7 +424,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if args.gpu:
         extra.append("scaling.use_gpu=true")
     cfg = load_config(args.file, [*args.overrides, *extra])
-    job_id, client = submit(cfg, args.address, tune=args.tune, code=args.code, tracking_uri=args.tracking_uri)
+    job_id, client = submit(cfg, args.address, tune=args.tune, code=args.code, tracking_uri=args.tracking_uri,
+                            resume=args.resume)
     address = client._address
     print(f"submitted job {job_id} to {address}")
     if not args.wait:
@@ -515,6 +526,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                         "which only a cluster on this machine can use)")
     p.add_argument("--workers", type=int, default=None, help="Ray Train workers (sets scaling.workers)")
     p.add_argument("--gpu", action="store_true", help="one GPU per worker (sets scaling.use_gpu)")
+    p.add_argument("--resume", nargs="?", const="", default=None, metavar="RUN",
+                   help="continue the latest unfinished run of this experiment (or the named RUN) from its last "
+                        "checkpoint under run.storage_path, in the same MLflow run")
     p.add_argument("--wait", action="store_true", help="follow the job's logs until it ends; exit 1 if it fails")
     p.set_defaults(func=cmd_submit)
 

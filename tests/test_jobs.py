@@ -453,6 +453,24 @@ def test_addresses(monkeypatch):
     assert not jobs.is_loopback("http://10.255.255.1:8265")
 
 
+def test_package_carries_the_validated_config(tmp_path):
+    from moco_core.config import load_config
+
+    cfg = load_config(EXPERIMENT, ["data.root=/data/digits", "run.storage_path=s3://b/runs", "moco.temperature=0.3"])
+    entry, env = jobs.package(cfg, tmp_path / "job", tune=False, code="image", tracking_uri="http://mlflow:5000",
+                              resume="digits-1")
+    assert entry == "python -m service.cli pretrain experiment.yaml --resume digits-1"
+    shipped = load_config(tmp_path / "job" / "experiment.yaml")
+    assert shipped.moco.temperature == 0.3 and shipped.tracking.uri == "http://mlflow:5000"
+    assert env["working_dir"] == str(tmp_path / "job") and "py_modules" not in env
+    assert env["env_vars"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    entry, env = jobs.package(cfg, tmp_path / "job2", tune=True, code="upload", tracking_uri="http://mlflow:5000")
+    assert entry == "python -m service.cli tune experiment.yaml"
+    assert [Path(p).name for p in env["py_modules"]] == ["moco_core", "service"]
+    with pytest.raises(jobs.JobsError, match="--resume"):
+        jobs.package(cfg, tmp_path / "job3", tune=True, code="image", tracking_uri="x", resume="")
+
+
 def test_head_does_not_capture_local_clusters(ray_head, ray_cluster):
     """The suite's own `ray.init(num_cpus=2)` cluster is its own, not the head started here."""
     ctx = ray_cluster.get_runtime_context()
