@@ -278,7 +278,7 @@ def package(
     cfg: ExperimentConfig, folder: Path, *, tune: bool, code: str, tracking_uri: str, resume: str | None = None
 ) -> tuple[str, dict]:
     """Write the job's config into ``folder``; the entrypoint and the runtime environment. ``resume``:
-    ``""`` continues the latest unfinished run of the experiment, a name continues that run."""
+    ``""`` continues the latest unfinished run (sweep, with ``tune``) of the experiment, a name that one."""
     cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"uri": tracking_uri})})
     folder.mkdir(parents=True, exist_ok=True)
     (folder / CONFIG_FILE).write_text(dump_yaml(cfg))
@@ -296,9 +296,7 @@ def package(
         runtime_env["py_modules"] = [str(REPO / p) for p in CODE_PACKAGES]
         runtime_env["excludes"] = ["__pycache__", "*.pyc"]
     entrypoint = f"python -m service.cli {'tune' if tune else 'pretrain'} {CONFIG_FILE}"
-    if resume is not None:
-        if tune:
-            raise JobsError("--resume continues a pretraining run; it does not apply with --tune")
+    if resume is not None:  # `moco pretrain --resume [RUN]` / `moco tune --resume [SWEEP]`
         entrypoint += " --resume" + (f" {shlex.quote(resume)}" if resume else "")
     return entrypoint, runtime_env
 
@@ -527,8 +525,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=None, help="Ray Train workers (sets scaling.workers)")
     p.add_argument("--gpu", action="store_true", help="one GPU per worker (sets scaling.use_gpu)")
     p.add_argument("--resume", nargs="?", const="", default=None, metavar="RUN",
-                   help="continue the latest unfinished run of this experiment (or the named RUN) from its last "
-                        "checkpoint under run.storage_path, in the same MLflow run")
+                   help="continue the latest unfinished run (sweep, with --tune) of this experiment, or the named "
+                        "one, from its checkpoints under run.storage_path, in the same MLflow run")
     p.add_argument("--wait", action="store_true", help="follow the job's logs until it ends; exit 1 if it fails")
     p.set_defaults(func=cmd_submit)
 

@@ -467,8 +467,8 @@ def test_package_carries_the_validated_config(tmp_path):
     entry, env = jobs.package(cfg, tmp_path / "job2", tune=True, code="upload", tracking_uri="http://mlflow:5000")
     assert entry == "python -m service.cli tune experiment.yaml"
     assert [Path(p).name for p in env["py_modules"]] == ["moco_core", "service"]
-    with pytest.raises(jobs.JobsError, match="--resume"):
-        jobs.package(cfg, tmp_path / "job3", tune=True, code="image", tracking_uri="x", resume="")
+    entry, _ = jobs.package(cfg, tmp_path / "job3", tune=True, code="image", tracking_uri="x", resume="")
+    assert entry == "python -m service.cli tune experiment.yaml --resume"
 
 
 def test_head_does_not_capture_local_clusters(ray_head, ray_cluster):
