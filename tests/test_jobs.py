@@ -146,7 +146,8 @@ def ray_head():
         "--ray-client-server-port", str(client), "--dashboard-agent-listen-port", str(agent),
         "--dashboard-agent-grpc-port", str(agent_grpc), "--runtime-env-agent-port", str(rt_env),
         "--metrics-export-port", str(metrics), "--node-manager-port", str(node_mgr),
-        "--object-manager-port", str(obj_mgr), "--num-cpus", "2", "--temp-dir", str(temp_dir),
+        "--object-manager-port", str(obj_mgr), "--num-cpus", "2", "--object-store-memory", str(300 * 2**20),
+        "--temp-dir", str(temp_dir),
         "--disable-usage-stats",
     ]
     log = open(temp_dir / "head.log", "w")
