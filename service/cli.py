@@ -98,23 +98,34 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 
 
 def cmd_encoders_list(args: argparse.Namespace) -> int:
-    from .registry import list_encoders
+    from .registry import connect, list_encoders
+    from .tracking import resolve_tracking_uri
 
+    uri = resolve_tracking_uri(None)
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        print(f"no registered encoders: no MLflow store at {uri} (run moco pretrain or moco quickstart here, "
+              f"or set MLFLOW_TRACKING_URI)")
+        return EXIT_OK
+    connect()
     models = list_encoders()
     if not models:
-        print("no registered encoders (run moco pretrain or moco quickstart first)")
+        print(f"no registered encoders in {uri} (run moco pretrain or moco quickstart first)")
         return EXIT_OK
     for m in models:
         aliases = ", ".join(f"{a}=v{v}" for a, v in sorted(m.get("aliases", {}).items())) or "-"
         print(f"{m['name']}  aliases: {aliases}")
         for v in m.get("versions", []):
-            print(f"  v{v['version']:<4} {v.get('metric') or '-'} = {v.get('value') or '-'}   run {v.get('run_id')}")
+            value = "-" if v.get("value") is None else f"{v['value']:.4f}"
+            tags = f"  @{' @'.join(v['aliases'])}" if v.get("aliases") else ""
+            print(f"  v{v['version']:<4} {v.get('metric') or '-'} = {value}   run {v.get('run_id')}{tags}")
     return EXIT_OK
 
 
 def cmd_encoders_pull(args: argparse.Namespace) -> int:
-    from .registry import pull
+    from .registry import connect, is_local_ref, pull
 
+    if not is_local_ref(args.ref):
+        connect()
     out = pull(args.ref, args.out)
     print(f"pulled {args.ref} into {out}")
     return EXIT_OK

@@ -7,6 +7,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     """Errors whose message already tells the user what was wrong and what to do."""
     from moco_core.config import ConfigError
     from moco_core.data import DataError
+    from moco_core.downstream import EvaluationError
     from moco_core.engine import NonFiniteLossError
 
     from .cli import CliError
@@ -17,4 +18,4 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from .train import PretrainError
 
     return (ConfigError, DataError, NonFiniteLossError, CliError, EncoderError, TrackingError, PretrainError,
-            JobsError, StorageError, FileNotFoundError, FileExistsError)
+            JobsError, StorageError, EvaluationError, FileNotFoundError, FileExistsError)

@@ -536,12 +536,32 @@ def _resolve_run(client, ref: str, run_id: str, sub: str | None, dst: Path) -> P
     return got
 
 
+def is_local_ref(ref: str) -> bool:
+    """Whether ``ref`` names an existing local path (a package folder) rather than an MLflow object."""
+    ref = str(ref).strip()
+    return "://" not in ref and not ref.startswith(("models:/", "runs:/")) and Path(ref).expanduser().exists()
+
+
+def connect(check: bool = True) -> str:
+    """Point MLflow at the tracking store of this project (``MLFLOW_TRACKING_URI``, else
+    ``sqlite:///mlflow.db`` in the working directory), checked reachable; returns its URI."""
+    import mlflow
+
+    from .tracking import check_reachable, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(None)
+    if check:
+        check_reachable(uri)  # TrackingError naming the URI
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
 def resolve_ref(ref: str, dst: str | Path | None = None) -> Path:
     """The local folder holding ``encoder.json`` and ``weights.pt`` of ``ref`` (downloaded into ``dst``
     or a new temporary folder when it lives in MLflow). See the module docstring for the forms of ``ref``."""
     ref = str(ref).strip()
     local = Path(ref).expanduser()
-    if "://" not in ref and not ref.startswith(("models:/", "runs:/")) and local.exists():
+    if is_local_ref(ref):
         if not local.is_dir():
             raise EncoderError(f"{ref}: expected a folder holding {ENCODER_JSON} and {WEIGHTS}, not a file")
         folder = _package_dir(local)
@@ -695,6 +715,8 @@ __all__ = [
     "champion_should_move",
     "register_encoder",
     "resolve_ref",
+    "is_local_ref",
+    "connect",
     "pull",
     "load_encoder",
     "list_encoders",
