@@ -11,7 +11,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 
 class ConfigError(ValueError):
@@ -105,6 +114,127 @@ class EvalConfig(_Strict):
     knn_t: float = Field(0.1, gt=0.0)
 
 
+# ---------------------------------------------------------------------------------------------
+# the sweep section of `moco tune`: plain data here; service/tune.py turns it into Ray Tune objects
+
+RANGE_KINDS = ("uniform", "loguniform", "randint", "lograndint")
+TUNE_METRICS = ("eval/knn_top1", "eval/knn_auroc", "train/loss")
+
+
+class _Compact(_Strict):
+    """Dumped without its unset (None) entries: YAML and MLflow params show what was given."""
+
+    @model_serializer(mode="wrap")
+    def _drop_none(self, handler: Any) -> dict[str, Any]:
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+
+class SearchDim(_Compact):
+    """One swept field: a list of values or one range. ``[0.1, 0.2]`` is short for ``{values: [0.1, 0.2]}``.
+
+    With ``tune.search: grid`` every combination of the lists is a trial; with ``random`` each trial
+    draws one value of each list or range. Integer ranges include both ends.
+    """
+
+    values: list[int | float] | None = Field(None, min_length=1)
+    uniform: tuple[float, float] | None = None
+    loguniform: tuple[float, float] | None = None
+    randint: tuple[int, int] | None = None
+    lograndint: tuple[int, int] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _list_is_values(cls, v: Any) -> Any:
+        return {"values": v} if isinstance(v, list) else v
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> SearchDim:
+        given = [k for k in ("values", *RANGE_KINDS) if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give a list of values or exactly one of {', '.join(RANGE_KINDS)}; got {given or 'none'}")
+        if given[0] != "values":
+            lo, hi = getattr(self, given[0])
+            if not lo < hi:
+                raise ValueError(f"{given[0]}: [{lo}, {hi}] needs low < high")
+            if given[0].startswith("log") and lo <= 0:
+                raise ValueError(f"{given[0]}: [{lo}, {hi}] needs low > 0")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in ("values", *RANGE_KINDS) if getattr(self, k) is not None)
+
+    def probes(self) -> list[int | float]:
+        """The values to check against the field's constraints: every listed value, or both ends."""
+        return list(self.values) if self.values is not None else list(getattr(self, self.kind))
+
+
+class MocoSpace(_Compact):
+    temperature: SearchDim | None = None  # T
+    queue_size: SearchDim | None = None  # K
+    momentum: SearchDim | None = None  # m
+
+
+class OptimSpace(_Compact):
+    lr: SearchDim | None = None
+
+
+class TuneSpace(_Compact):
+    """Search spaces, nested like the config itself: ``moco: {temperature: [0.1, 0.2]}``."""
+
+    moco: MocoSpace | None = None
+    optim: OptimSpace | None = None
+
+    def dims(self) -> dict[str, SearchDim]:
+        """``{"moco.temperature": SearchDim, ...}`` in a fixed order."""
+        out: dict[str, SearchDim] = {}
+        for section in ("moco", "optim"):
+            sub = getattr(self, section)
+            for name in type(sub).model_fields if sub is not None else ():
+                dim = getattr(sub, name)
+                if dim is not None:
+                    out[f"{section}.{name}"] = dim
+        return out
+
+
+class AshaConfig(_Strict):
+    """Early stopping (ASHA) on the per-epoch metric."""
+
+    grace_period: int = Field(1, ge=1)  # epochs every trial runs before it may be stopped
+    reduction_factor: float = Field(2.0, gt=1.0)  # at each rung, the best 1/reduction_factor go on
+
+
+class TuneConfig(_Strict):
+    """The ``tune:`` section: what ``moco tune`` sweeps, how it searches, ranks and stops trials."""
+
+    space: TuneSpace
+    search: Literal["grid", "random"] = "grid"  # grid: every combination of the lists; random: draws
+    num_samples: int = Field(1, ge=1)  # random: trials; grid: repeats of the whole grid
+    seed: int | None = None  # of the random draws; default run.seed
+    metric: Literal["eval/knn_top1", "eval/knn_auroc", "train/loss"] | None = None  # default by label kind
+    mode: Literal["max", "min"] | None = None  # default: min for train/loss, else max
+    asha: AshaConfig | None = Field(default_factory=AshaConfig)  # null: no early stopping
+    max_concurrent_trials: int | None = Field(None, ge=1)  # default: as many as the cluster's CPUs/GPUs fit
+    max_failures: int = Field(1, ge=0)  # restarts of a trial whose driver failed (workers: run.max_failures)
+    driver_cpus: float = Field(0.0, ge=0.0)  # CPUs held by each trial's driver (its workers: scaling.*)
+
+    @model_validator(mode="after")
+    def _space_fits_search(self) -> TuneConfig:
+        dims = self.space.dims()
+        if not dims:
+            raise ValueError("space is empty: sweep at least one of moco.temperature, moco.queue_size, "
+                             "moco.momentum, optim.lr")
+        if self.search == "grid":
+            ranges = [k for k, d in dims.items() if d.kind != "values"]
+            if ranges:
+                raise ValueError(f"search: grid needs lists of values; {', '.join(ranges)} is a range "
+                                 "(use search: random, or list the values)")
+        return self
+
+    def resolved_mode(self, metric: str) -> Literal["max", "min"]:
+        return self.mode or ("min" if metric == "train/loss" else "max")
+
+
 class ExperimentConfig(_Strict):
     """The whole experiment: one YAML file, validated once."""
 
@@ -118,12 +248,46 @@ class ExperimentConfig(_Strict):
     run: RunConfig = Field(default_factory=RunConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
-    tune: dict[str, Any] | None = None  # sweep section, validated by the sweep runner
+    tune: TuneConfig | None = None  # the sweep of `moco tune`; ignored by `moco pretrain`
 
     @field_validator("name")
     @classmethod
     def _name_not_blank(cls, v: str) -> str:
         return v.strip()
+
+    @field_validator("tune")
+    @classmethod
+    def _tune_values_are_valid(cls, tune: TuneConfig | None, info: ValidationInfo) -> TuneConfig | None:
+        """Every listed value and both ends of every range must pass the field's own checks (and the
+        cross-field ones) when applied to this config."""
+        sections = [k for k in cls.model_fields if k != "tune"]
+        if tune is None or any(k not in info.data for k in sections):
+            return tune  # another field is invalid: that error is reported instead
+        base = {k: v.model_dump(mode="json") if isinstance(v, BaseModel) else v for k, v in info.data.items()}
+        for key, dim in tune.space.dims().items():
+            section, field = key.split(".")
+            annotation = cls.model_fields[section].annotation.model_fields[field].annotation  # type: ignore[union-attr]
+            if annotation is int and dim.kind in ("uniform", "loguniform"):
+                raise ValueError(f"tune.space.{key}: {key} takes whole numbers; use randint or lograndint, or a list")
+            for value in dim.probes():
+                try:
+                    ExperimentConfig.model_validate(set_values(base, {key: value}))
+                except ValidationError as e:
+                    reasons = "; ".join(err["msg"] for err in e.errors())
+                    raise ValueError(f"tune.space.{key}: {value!r} is not a valid {key} ({reasons})") from None
+        ev, optim = info.data["eval"], info.data["optim"]
+        metric = tune.metric
+        if metric != "train/loss" and ev.knn_every_epochs != 1:
+            raise ValueError(
+                f"tune.metric {metric or 'eval/knn_*'} is compared at every epoch: it needs eval.knn_every_epochs: 1 "
+                f"(it is {ev.knn_every_epochs}), or use tune.metric: train/loss"
+            )
+        if tune.asha is not None and tune.asha.grace_period >= optim.epochs:
+            raise ValueError(
+                f"tune.asha.grace_period={tune.asha.grace_period} must be below optim.epochs={optim.epochs} "
+                "(or set tune.asha: null for no early stopping)"
+            )
+        return tune
 
     @model_validator(mode="after")
     def _cross_checks(self) -> ExperimentConfig:
@@ -163,6 +327,12 @@ class ExperimentConfig(_Strict):
             return "distributed" if world_size > 1 else "split"
         return mode
 
+    def trial(self, values: dict[str, Any]) -> ExperimentConfig:
+        """The config of one sweep trial: ``values`` (dotted keys) applied, no ``tune`` section."""
+        raw = set_values(self.model_dump(mode="json"), values)
+        raw["tune"] = None
+        return ExperimentConfig.model_validate(raw)
+
     def flat(self) -> dict[str, Any]:
         """The config as ``{"moco.temperature": 0.2, ...}`` (for tracking params)."""
         return flatten(self.model_dump(mode="json"))
@@ -199,20 +369,31 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return parts, value
 
 
+def _set_in(node: dict[str, Any], parts: list[str], value: Any, what: str) -> None:
+    for i, p in enumerate(parts[:-1]):
+        nxt = node.get(p)
+        if nxt is None:
+            nxt = node[p] = {}
+        elif not isinstance(nxt, dict):
+            raise ConfigError(f"{what}: {'.'.join(parts[: i + 1])} is a value, not a section")
+        node = nxt
+    node[parts[-1]] = value
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
     """Apply ``--set`` items to a raw config dict (a copy); validation happens afterwards."""
     out = _deepcopy(raw)
     for item in overrides:
         parts, value = parse_override(item)
-        node = out
-        for i, p in enumerate(parts[:-1]):
-            nxt = node.get(p)
-            if nxt is None:
-                nxt = node[p] = {}
-            elif not isinstance(nxt, dict):
-                raise ConfigError(f"--set {item!r}: {'.'.join(parts[: i + 1])} is a value, not a section")
-            node = nxt
-        node[parts[-1]] = value
+        _set_in(out, parts, value, f"--set {item!r}")
+    return out
+
+
+def set_values(raw: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``raw`` with ``{"moco.temperature": 0.2, ...}`` set (values as they are, not parsed)."""
+    out = _deepcopy(raw)
+    for key, value in values.items():
+        _set_in(out, key.split("."), value, key)
     return out
 
 
@@ -228,7 +409,7 @@ def format_validation_error(err: ValidationError, source: str) -> str:
     lines = [f"invalid configuration in {source}:"]
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        msg = e["msg"]
+        msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; see the experiment files in experiments/)"
         lines.append(f"  {loc}: {msg}")

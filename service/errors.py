@@ -16,6 +16,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from .storage import StorageError
     from .tracking import TrackingError
     from .train import PretrainError
+    from .tune import SweepError
 
     return (ConfigError, DataError, NonFiniteLossError, CliError, EncoderError, TrackingError, PretrainError,
-            JobsError, StorageError, EvaluationError, FileNotFoundError, FileExistsError)
+            JobsError, StorageError, EvaluationError, SweepError, FileNotFoundError, FileExistsError)

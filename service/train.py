@@ -277,6 +277,43 @@ def ensure_ray(address: str | None, cfg: ExperimentConfig) -> None:
         ray.init(dashboard_host="127.0.0.1", log_to_driver=True, logging_level="WARNING")
 
 
+def build_trainer(
+    cfg: ExperimentConfig,
+    record: RunRecord,
+    *,
+    progress_queue: Any = None,
+    check_queues: bool = False,
+    callbacks: list | None = None,
+):
+    """The ``TorchTrainer`` of one run: ``train_fn_per_worker`` on ``scaling.workers`` workers, checkpoints
+    under ``record.folder``; the same (storage_path, name) continues from the last checkpoint."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    return TorchTrainer(
+        train_fn_per_worker,
+        train_loop_config={
+            "experiment": cfg.model_dump(mode="json"),
+            "mlflow_run_id": record.mlflow_run_id,
+            "tracking_uri": record.tracking_uri,
+            "progress_queue": progress_queue,
+            "check_queues": check_queues,
+        },
+        scaling_config=ScalingConfig(
+            num_workers=cfg.scaling.workers,
+            use_gpu=cfg.scaling.use_gpu,
+            resources_per_worker={"CPU": cfg.scaling.cpus_per_worker, **({"GPU": 1} if cfg.scaling.use_gpu else {})},
+        ),
+        run_config=RunConfig(
+            name=record.name,
+            storage_path=record.storage_path,
+            failure_config=FailureConfig(max_failures=cfg.run.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            callbacks=callbacks or None,
+        ),
+    )
+
+
 def pretrain(
     cfg: ExperimentConfig,
     *,
@@ -286,9 +323,6 @@ def pretrain(
     check_queues: bool = False,
 ) -> PretrainResult:
     """Run (or resume) one pretraining run through Ray Train; returns where everything is."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
     printer = printer or ProgressPrinter()
     uri = tracking.resolve_tracking_uri(cfg.tracking.uri)
     if resume:
@@ -312,29 +346,8 @@ def pretrain(
         printer.message(f"run {record.name}: MLflow run {run_id} at {uri}")
 
     ensure_ray(address, cfg)
-    n_workers = cfg.scaling.workers
     with ProgressRelay(printer) as relay:
-        trainer = TorchTrainer(
-            train_fn_per_worker,
-            train_loop_config={
-                "experiment": cfg.model_dump(mode="json"),
-                "mlflow_run_id": record.mlflow_run_id,
-                "tracking_uri": uri,
-                "progress_queue": relay.queue,
-                "check_queues": check_queues,
-            },
-            scaling_config=ScalingConfig(
-                num_workers=n_workers,
-                use_gpu=cfg.scaling.use_gpu,
-                resources_per_worker={"CPU": cfg.scaling.cpus_per_worker, **({"GPU": 1} if cfg.scaling.use_gpu else {})},
-            ),
-            run_config=RunConfig(
-                name=record.name,
-                storage_path=record.storage_path,
-                failure_config=FailureConfig(max_failures=cfg.run.max_failures),
-                checkpoint_config=CheckpointConfig(num_to_keep=2),
-            ),
-        )
+        trainer = build_trainer(cfg, record, progress_queue=relay.queue, check_queues=check_queues)
         try:
             result = trainer.fit()
         except Exception as e:
