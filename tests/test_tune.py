@@ -1,0 +1,267 @@
+"""`moco tune`: the tune: section, a real sweep on a local Ray cluster with ASHA, MLflow parent and child
+runs, the registered best encoder, and resuming a sweep whose driver was killed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from moco_core.config import ConfigError, dump_yaml, load_config
+from service.cli import EXIT_FAIL, main
+
+from .conftest import REPO
+
+TUNE_YAML = REPO / "experiments" / "digits_tune.yaml"
+
+
+def tune_overrides(root: Path, tmp_path: Path, *extra: str) -> list[str]:
+    """experiments/digits_tune.yaml shrunk to trials of a few seconds of training on 2 cores."""
+    return [
+        f"data.root={root}", "data.num_workers=0", f"run.storage_path={tmp_path / 'runs'}",
+        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", "optim.epochs=2", "run.max_steps_per_epoch=3",
+        "moco.queue_size=64", "tune.space.moco.momentum=null", *extra,
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# the tune: section
+
+
+@pytest.mark.parametrize(
+    "overrides, fragment",
+    [
+        (["tune.space.moco.queu_size=[64]"], "tune.space.moco.queu_size: unknown key"),
+        (["tune.space.model.arch=[resnet50]"], "tune.space.model: unknown key"),
+        (["tune.space.moco.queue_size=[64, 0]"], "tune.space.moco.queue_size: 0 is not a valid moco.queue_size"),
+        (["tune.space.moco.queue_size=[-8]"], "tune.space.moco.queue_size: -8 is not a valid moco.queue_size"),
+        (["tune.space.moco.momentum=[0.9, 1.5]"], "tune.space.moco.momentum: 1.5 is not a valid moco.momentum"),
+        (["tune.search=random", "tune.space.moco.momentum={uniform: [-0.1, 0.99]}"],
+         "tune.space.moco.momentum: -0.1 is not a valid moco.momentum"),
+        (["tune.space.moco.temperature=[0.0, 0.2]"], "tune.space.moco.temperature: 0.0 is not a valid moco.temperature"),
+        (["tune.search=random", "tune.space.moco.temperature={loguniform: [0, 0.5]}"], "needs low > 0"),
+        (["tune.search=random", "tune.space.moco.temperature={uniform: [0.5, 0.1]}"], "needs low < high"),
+        (["tune.search=random", "tune.space.moco.queue_size={uniform: [16, 4096]}"], "takes whole numbers"),
+        (["tune.space.moco.temperature={uniform: [0.05, 0.5]}"], "search: grid needs lists of values"),
+        (["tune.space.moco.temperature={grid: [0.1]}"], "tune.space.moco.temperature.grid: unknown key"),
+        (["tune.space.optim.lr=[0.03, -1]"], "tune.space.optim.lr: -1 is not a valid optim.lr"),
+        (["tune.space={}"], "space is empty"),
+        (["tune.metric=eval/accuracy"], "tune.metric"),
+        (["eval.knn_every_epochs=2"], "eval.knn_every_epochs: 1"),
+        (["tune.asha.grace_period=4"], "tune.asha.grace_period=4 must be below optim.epochs=4"),
+        (["tune.num_samples=0"], "tune.num_samples"),
+    ],
+)
+def test_bad_spaces_are_config_errors_naming_the_key(overrides, fragment):
+    with pytest.raises(ConfigError) as err:
+        load_config(TUNE_YAML, overrides)
+    assert fragment in str(err.value)
+
+
+def test_tune_section_round_trips_and_makes_trial_configs(tmp_path):
+    cfg = load_config(TUNE_YAML, ["tune.search=random", "tune.space.moco.momentum={uniform: [0.9, 0.999]}",
+                                  "tune.space.optim.lr={loguniform: [1.0e-3, 0.1]}",
+                                  "tune.space.moco.queue_size={lograndint: [64, 4096]}"])
+    assert list(cfg.tune.space.dims()) == ["moco.temperature", "moco.queue_size", "moco.momentum", "optim.lr"]
+    (tmp_path / "x.yaml").write_text(dump_yaml(cfg))  # what `moco submit --tune` ships to the cluster
+    again = load_config(tmp_path / "x.yaml")
+    assert again.tune == cfg.tune
+    space_params = {k: v for k, v in cfg.flat().items() if k.startswith("tune.space.")}
+    assert space_params["tune.space.moco.momentum.uniform"] == [0.9, 0.999]
+    assert None not in space_params.values()  # unset kinds are neither YAML keys nor MLflow params
+    trial = cfg.trial({"moco.temperature": 0.07, "moco.queue_size": 300, "optim.lr": 0.01})
+    assert (trial.moco.temperature, trial.moco.queue_size, trial.optim.lr) == (0.07, 300, 0.01)
+    assert trial.tune is None and trial.moco.momentum == cfg.moco.momentum
+    with pytest.raises(ValidationError, match="queue_size"):
+        cfg.trial({"moco.queue_size": 0})
+
+
+def test_param_space_maps_kinds_to_ray_tune():
+    from ray.tune.search.sample import Categorical, Float, Integer
+
+    from service.tune import param_space
+
+    grid = load_config(TUNE_YAML).tune
+    space = param_space(grid)
+    assert space["moco.temperature"] == {"grid_search": [0.07, 0.2, 0.5]}
+    assert space["moco.queue_size"] == {"grid_search": [256, 1024]}
+    rnd = load_config(TUNE_YAML, ["tune.search=random", "tune.space.moco.momentum={uniform: [0.9, 0.999]}",
+                                  "tune.space.moco.queue_size={randint: [16, 17]}"]).tune
+    space = param_space(rnd)
+    assert isinstance(space["moco.temperature"], Categorical) and space["moco.temperature"].categories == [0.07, 0.2, 0.5]
+    assert isinstance(space["moco.momentum"], Float)
+    assert isinstance(space["moco.queue_size"], Integer)
+    assert {space["moco.queue_size"].sample() for _ in range(200)} == {16, 17}  # both ends included
+
+
+def test_default_metric_follows_the_label_kind(digits_root, tmp_path):
+    from service.train import read_partitions
+    from service.tune import SweepError, default_metric
+
+    cfg = load_config(TUNE_YAML, [f"data.root={digits_root}"])
+    assert default_metric(cfg, read_partitions(cfg, check_files=False)) == "eval/knn_top1"
+    unlabelled = load_config(TUNE_YAML, [f"data.root={digits_root}", "data.label_columns=[]"])
+    with pytest.raises(SweepError, match="tune.metric: train/loss"):
+        default_metric(unlabelled, read_partitions(unlabelled, check_files=False))
+    wrong = load_config(TUNE_YAML, [f"data.root={digits_root}", "tune.metric=eval/knn_auroc"])
+    with pytest.raises(SweepError, match="use eval/knn_top1"):
+        default_metric(wrong, read_partitions(wrong, check_files=False))
+
+
+def test_cli_rejects_missing_section_and_bad_space_before_ray(tmp_path, capsys):
+    assert main(["tune", str(REPO / "experiments" / "digits.yaml"),
+                 "--set", f"run.storage_path={tmp_path / 'runs'}"]) == EXIT_FAIL
+    assert "has no tune: section" in capsys.readouterr().err
+    assert main(["tune", str(TUNE_YAML), "--set", "tune.space.moco.queue_size=[0]",
+                 "--set", f"run.storage_path={tmp_path / 'runs'}"]) == EXIT_FAIL
+    err = capsys.readouterr().err
+    assert "tune.space.moco.queue_size: 0" in err and "Traceback" not in err
+    assert not (tmp_path / "runs").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# real sweeps
+
+
+def _children(client, parent_id: str) -> list:
+    exp_ids = [e.experiment_id for e in client.search_experiments()]
+    return client.search_runs(exp_ids, f"tags.mlflow.parentRunId = '{parent_id}'")
+
+
+@pytest.mark.slow
+def test_sweep_early_stops_tracks_and_registers_the_best(ray_cluster, digits_root, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from service import registry, sweep_report
+    from service.tune import TAG_TRIAL_STARTS, tune_sweep
+
+    # train/loss grows with log(K+1), so at the first rung every K=2048 trial ranks below the K=16 ones
+    # whatever the order in which trials arrive: ASHA's decision does not depend on timing.
+    cfg = load_config(TUNE_YAML, tune_overrides(
+        digits_root, tmp_path, "tune.space.moco.temperature=[0.1, 0.2]", "tune.space.moco.queue_size=[16, 2048]",
+        "tune.metric=train/loss", "tune.max_concurrent_trials=2"))
+    t0 = time.monotonic()
+    result = tune_sweep(cfg)
+    print(f"sweep of 4 trials: {time.monotonic() - t0:.0f} s")
+    print(sweep_report.format_result(result))
+
+    trials = result.trials
+    assert len(trials) == 4 and result.metric == "train/loss" and result.mode == "min"
+    stopped = [t for t in trials if t.status == "early-stopped"]
+    assert stopped, "ASHA stopped no trial"
+    assert all(t.epochs == 1 and t.values["moco.queue_size"] == 2048 for t in stopped)
+    best = trials[0]
+    assert best.status == "finished" and best.epochs == 2 and best.values["moco.queue_size"] == 16
+    finished_losses = [t.metric for t in trials if t.status == "finished"]
+    assert best.metric == min(finished_losses)
+
+    client = MlflowClient(result.tracking_uri)
+    parent = client.get_run(result.parent_run_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.metrics["train/loss"] == pytest.approx(best.metric)
+    for key in ("moco.temperature", "moco.queue_size"):
+        assert parent.data.params[f"best.{key}"] == str(best.values[key])
+    children = {r.info.run_id: r for r in _children(client, result.parent_run_id)}
+    assert set(children) == {t.run_id for t in trials}  # one child run per trial, no duplicate
+    for t in trials:
+        run = children[t.run_id]
+        assert run.data.params["moco.temperature"] == str(t.values["moco.temperature"])
+        assert run.data.params["moco.queue_size"] == str(t.values["moco.queue_size"])
+        assert run.data.tags[TAG_TRIAL_STARTS] == "1"
+        assert run.data.tags["moco.trial_status"] == t.status
+        assert run.info.status == ("FINISHED" if t.status == "finished" else "KILLED")
+        assert "encoder" in {a.path for a in client.list_artifacts(t.run_id)}  # every trial's package
+        assert "tune.search" not in run.data.params  # a trial's config is a plain experiment
+
+    artifacts = {a.path for a in client.list_artifacts(result.parent_run_id)}
+    assert {"trials.csv", "best_config.yaml", "plots", "config.yaml"} <= artifacts
+    plots = {Path(a.path).name for a in client.list_artifacts(result.parent_run_id, "plots")}
+    assert {"metric_vs_temperature.png", "metric_vs_queue_size.png", "parallel_coordinates.png",
+            "curves.png"} <= plots
+    table = client.download_artifacts(result.parent_run_id, "trials.csv", str(tmp_path))
+    lines = Path(table).read_text().splitlines()
+    assert len(lines) == 5 and lines[1].startswith(f"1,{best.trial_id},finished")
+    best_cfg = yaml.safe_load(Path(client.download_artifacts(result.parent_run_id, "best_config.yaml",
+                                                             str(tmp_path))).read_text())
+    assert best_cfg["moco"]["queue_size"] == 16 and best_cfg["tune"] is None
+
+    reg = result.registered
+    assert reg["model_uri"] == "models:/moco-digits/1" and reg["champion"] is True
+    import mlflow
+
+    mlflow.set_tracking_uri(result.tracking_uri)
+    mv = client.get_model_version("moco-digits", "1")
+    assert mv.run_id == best.run_id
+    pkg = registry.resolve_ref("models:/moco-digits@champion", tmp_path / "pulled")
+    meta = registry.read_encoder_meta(pkg)
+    assert meta["source_run_id"] == best.run_id and meta["moco"]["queue_size"] == 16
+    summary = sweep_report.format_result(result)
+    assert "pull:   moco encoders pull models:/moco-digits/1 --out encoder/" in summary
+    assert summary.index(best.trial_id) < summary.index(stopped[0].trial_id)  # ranked
+
+
+def _finished_trials(sweep_dir: Path) -> list[str]:
+    out = []
+    for rec in sweep_dir.glob("*/trials/*/moco_run.json"):
+        try:
+            if json.loads(rec.read_text())["status"] == "finished":
+                out.append(rec.parent.name)
+        except (OSError, ValueError):
+            continue  # being written
+    return out
+
+
+@pytest.mark.slow
+def test_resume_after_driver_killed_does_not_rerun_finished_trials(ray_cluster, digits_root, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from service.tune import TAG_TRIAL_STARTS, SweepError, tune_sweep
+
+    overrides = tune_overrides(digits_root, tmp_path, "tune.space.moco.temperature=[0.1, 0.2, 0.5]",
+                               "tune.space.moco.queue_size=null", "tune.asha=null")
+    args = [sys.executable, "-m", "service.cli", "tune", str(TUNE_YAML)]
+    for o in overrides:
+        args += ["--set", o]
+    env = dict(os.environ, RAY_ADDRESS=ray_cluster.get_runtime_context().gcs_address, PYTHONUNBUFFERED="1")
+    log = tmp_path / "driver.log"
+    with log.open("wb") as out:
+        driver = subprocess.Popen(args, env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 240
+        while not _finished_trials(tmp_path / "runs") and driver.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert driver.poll() is None, log.read_text()[-3000:]
+        done_before = _finished_trials(tmp_path / "runs")
+        assert done_before, log.read_text()[-3000:]
+        driver.send_signal(signal.SIGKILL)  # the driver dies mid-sweep
+        driver.wait()
+    sweep_dir = next((tmp_path / "runs").glob("digits-tune-*"))
+    assert json.loads((sweep_dir / "moco_sweep.json").read_text())["status"] == "running"
+    time.sleep(2)  # let Ray reap the dead driver's trial actors
+
+    cfg = load_config(TUNE_YAML, overrides)
+    result = tune_sweep(cfg, resume=True)
+    assert result.name == sweep_dir.name
+    assert len(result.trials) == 3 and all(t.status == "finished" for t in result.trials)
+    assert result.metric == "eval/knn_top1"  # the default for digits' multi-class labels
+    client = MlflowClient(result.tracking_uri)
+    children = {r.info.run_id: r for r in _children(client, result.parent_run_id)}
+    assert set(children) == {t.run_id for t in result.trials}  # no trial got a second child run
+    for t in result.trials:
+        run = children[t.run_id]
+        steps = [m.step for m in client.get_metric_history(t.run_id, "train/loss")]
+        assert steps == list(range(1, 7))  # 2 epochs x 3 steps, each once
+        if t.trial_id in done_before:  # finished before the kill: not trained again
+            assert run.data.tags[TAG_TRIAL_STARTS] == "1"
+            assert "train/resumed_at_step" not in run.data.metrics
+    assert client.get_run(result.parent_run_id).info.status == "FINISHED"
+    assert result.registered and result.registered["model_uri"].startswith("models:/moco-digits/")
+    with pytest.raises(SweepError, match="nothing to resume"):
+        tune_sweep(cfg, resume=True)
