@@ -1,0 +1,339 @@
+"""Downstream evaluation on real digits: a Ray-pretrained encoder against a random init, the metrics in
+closed form, label fractions, and `moco evaluate` / `moco encoders` end to end against a real MLflow
+store. No mocks: real Ray Train, real MLflow (sqlite), real torch."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from moco_core.data import load_image, read_dataset
+from moco_core.downstream import EvaluationError, label_subset
+from moco_core.evaluate import auroc, bootstrap_ci, extract_features, per_label_auroc, roc_curve, task_score
+from moco_core.pipeline import eval_loader
+from service.cli import EXIT_FAIL, EXIT_OK, main
+from service.registry import ENCODER_JSON, WEIGHTS, load_encoder
+from service.train import backbone_from_checkpoint, load_checkpoint_dict, pretrain
+
+from .conftest import small_config
+
+# Two short epochs through Ray Train. The recipe is experiments/digits.yaml with a smaller queue and
+# a faster key encoder, which a run of 2 epochs needs (with K=1024, m=0.99 the queue is still mostly
+# stale keys at the end).
+PRETRAIN = ("optim.epochs=2", "optim.batch_size=16", "moco.queue_size=256", "moco.momentum=0.9",
+            "eval.knn_every_epochs=0")
+FEW = 0.05  # about 5 labels per digit: where a pretrained encoder should help most
+MARGIN = 0.03
+
+
+def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(header)
+        w.writerows(rows)
+
+
+def _relabel(root: Path, out: Path, header: list[str], label) -> Path:
+    """Splits for the digits images in ``root`` with the label columns ``label(partition, digit)``."""
+    for part in ("train", "val", "test"):
+        with open(root / f"{part}.csv", newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        _write_csv(out / f"{part}.csv", ["Path", *header],
+                   [[r["Path"], *label(part, int(r["digit"]))] for r in rows])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# metrics in closed form
+
+
+def test_auroc_and_roc_curve_on_a_hand_checked_example():
+    # positives 0.9, 0.8, 0.3; negatives 0.8, 0.1. Pairs: 0.9>0.8, 0.9>0.1, 0.8=0.8 (half), 0.8>0.1,
+    # 0.3<0.8, 0.3>0.1 -> 4.5 of 6 = 0.75
+    scores = np.array([0.9, 0.8, 0.8, 0.3, 0.1])
+    labels = np.array([1, 1, 0, 1, 0])
+    assert auroc(scores, labels) == 0.75
+    fpr, tpr = roc_curve(scores, labels)
+    np.testing.assert_allclose(fpr, [0, 0, 0.5, 0.5, 1])
+    np.testing.assert_allclose(tpr, [0, 1 / 3, 2 / 3, 1, 1])
+    assert np.trapezoid(tpr, fpr) == pytest.approx(0.75)
+    assert np.isnan(auroc(scores, np.ones(5)))  # one class: undefined, not 0 or 1
+
+
+def test_auroc_on_a_binary_digits_task_matches_the_pair_count(digits_root):
+    """Task "is it a 0" on the digits test partition. Scores: 1 for every 0 except the first ``k``
+    zeros, which score 0 like the other digits. Each of those k positives ties with every negative,
+    so AUROC = 1 - k / (2 * n_pos), exactly."""
+    test = read_dataset(digits_root, partitions=("test",))["test"]
+    y = (test.targets == 0).astype(np.float32)[:, None]  # N x 1
+    n_pos = int(y.sum())
+    assert n_pos == 35  # 178 zeros in 1797 digits, about 20 % of them in the stratified test partition
+    for k in (0, 3, 35):
+        s = y.copy()
+        s[np.flatnonzero(y[:, 0])[:k], 0] = 0.0
+        expected = 1 - k / (2 * n_pos)
+        assert auroc(s[:, 0], y[:, 0]) == pytest.approx(expected, abs=1e-12)
+        assert task_score(s, y, "binary") == pytest.approx(expected, abs=1e-12)
+        assert per_label_auroc(s, y) == [pytest.approx(expected, abs=1e-12)]
+    assert auroc(1 - y[:, 0], y[:, 0]) == 0.0  # every positive ranked below every negative
+    half = y.copy()
+    half[1::2] = 0.0  # positives at odd rows tie with every negative
+    lo, hi = bootstrap_ci(half, y, "binary", n_boot=200, seed=1)
+    assert 0.5 < lo < auroc(half[:, 0], y[:, 0]) < hi < 1.0
+
+
+def test_top1_bootstrap_interval_brackets_the_score():
+    rng = np.random.default_rng(0)
+    targets = rng.integers(0, 4, 500)
+    scores = np.eye(4)[np.where(rng.random(500) < 0.7, targets, (targets + 1) % 4)]  # 70 % right
+    acc = task_score(scores, targets, "multiclass")
+    lo, hi = bootstrap_ci(scores, targets, "multiclass", n_boot=500, seed=0)
+    assert lo < acc < hi and hi - lo < 0.1
+    assert bootstrap_ci(scores, targets, "multiclass", n_boot=500, seed=0) == (lo, hi)  # seeded
+
+
+# ---------------------------------------------------------------------------------------------
+# label fractions
+
+
+def test_label_fractions_are_stratified_and_seeded(digits_root):
+    train = read_dataset(digits_root, partitions=("train",))["train"]
+    counts = np.bincount(train.targets)
+    idx = label_subset(train, 0.1, seed=3)
+    assert list(np.bincount(train.targets[idx], minlength=10)) == [int(np.floor(0.1 * c + 0.5)) for c in counts]
+    assert np.array_equal(idx, label_subset(train, 0.1, seed=3))
+    assert not np.array_equal(idx, label_subset(train, 0.1, seed=4))
+    assert np.array_equal(label_subset(train, 1.0), np.arange(len(train)))
+    with pytest.raises(EvaluationError, match=r"label fraction 0\.001 leaves class '\d' with no example.*"
+                                              r"at least 0\.00[45]"):
+        label_subset(train, 0.001)
+    with pytest.raises(EvaluationError, match="not in"):
+        label_subset(train, 1.5)
+
+
+# ---------------------------------------------------------------------------------------------
+# one encoder pretrained through Ray Train, evaluated through the CLI
+
+
+@pytest.fixture(scope="module")
+def pretrained(ray_cluster, digits_root, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("evaluate")
+    cfg = small_config(digits_root, tmp, *PRETRAIN)
+    result = pretrain(cfg)
+    trained = backbone_from_checkpoint(cfg, load_checkpoint_dict(result.checkpoint_path))
+    return SimpleNamespace(cfg=cfg, result=result, uri=result.tracking_uri, root=digits_root, tmp=tmp,
+                           trained=trained)
+
+
+@pytest.fixture
+def store(pretrained, monkeypatch, tmp_path):
+    """The pretraining run's MLflow store as MLFLOW_TRACKING_URI, in an empty working directory."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", pretrained.uri)
+    monkeypatch.chdir(tmp_path)
+    return pretrained
+
+
+@pytest.fixture(scope="module")
+def evaluated(pretrained):
+    """`moco evaluate models:/moco-digits@champion` with kNN and the linear probe at two label
+    fractions, against a random init, tracked in the pretraining run's store."""
+    out = pretrained.tmp / "eval" / "results.json"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", pretrained.uri)
+        mp.chdir(pretrained.tmp)
+        code = main(["evaluate", "models:/moco-digits@champion", "--data", str(pretrained.root),
+                     "--protocol", "knn", "linear", "--label-fraction", str(FEW), "1.0", "--baseline", "random",
+                     "--knn-k", "20", "--bootstrap", "200", "--out", str(out)])
+    return SimpleNamespace(code=code, report=json.loads(out.read_text()) if out.is_file() else None)
+
+
+def _row(report: dict, protocol: str, fraction: float) -> dict:
+    (row,) = [r for r in report["results"] if r["protocol"] == protocol and r["label_fraction"] == fraction]
+    return row
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(reason="2 epochs of the digits recipe through Ray Train do not yet beat a random-init ResNet-18 "
+                          "on the digits test partition (the InfoNCE loss is still near log(K+1)); see "
+                          "docs/evaluate.md, 'What the digits show'", strict=False)
+def test_pretrained_encoder_beats_random_init_with_few_labels(evaluated):
+    assert evaluated.code == EXIT_OK
+    for protocol in ("knn", "linear"):
+        row = _row(evaluated.report, protocol, FEW)
+        enc, base = row["encoder"]["value"], row["baseline"]["value"]
+        print(f"{protocol} at {FEW}: MoCo {enc:.4f} vs random init {base:.4f}")
+        assert row["metric"] == "top1" and row["difference"] == pytest.approx(enc - base)
+        assert enc > base + MARGIN, f"{protocol}: {enc:.4f} is not {MARGIN} above the random init's {base:.4f}"
+
+
+@pytest.mark.slow
+def test_evaluate_writes_json_table_and_a_linked_mlflow_run(evaluated, pretrained, capsys):
+    report = evaluated.report
+    assert report["encoder"]["source_run_id"] == pretrained.result.mlflow_run_id
+    assert report["data"]["label_kind"] == "multiclass" and report["data"]["pretraining_data"] is True
+    assert report["data"]["images"] == {"train": 1078, "val": 359, "test": 360}
+    assert [(r["protocol"], r["label_fraction"]) for r in report["results"]] == [
+        ("knn", FEW), ("knn", 1.0), ("linear", FEW), ("linear", 1.0)]
+    few = _row(report, "linear", FEW)
+    counts = np.bincount(read_dataset(pretrained.root, partitions=("train",))["train"].targets)
+    assert few["labelled_images"] == sum(int(np.floor(FEW * c + 0.5)) for c in counts)  # per digit
+    assert set(few["encoder"]["hparams"]) == {"lr", "weight_decay"}
+    for row in report["results"]:
+        for side in (row["encoder"], row["baseline"]):
+            lo, hi = side["ci95"]
+            assert 0 <= lo <= side["value"] <= hi <= 1
+
+    m = report["mlflow"]
+    client = MlflowClient(pretrained.uri)
+    run = client.get_run(m["run_id"])
+    source = client.get_run(pretrained.result.mlflow_run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["moco.source_run_id"] == source.info.run_id
+    assert run.info.experiment_id == source.info.experiment_id == m["experiment_id"]
+    metrics = run.data.metrics
+    assert metrics["eval/knn_top1"] == pytest.approx(_row(report, "knn", 1.0)["encoder"]["value"])
+    assert metrics["baseline/linear_top1/frac_0.05"] == pytest.approx(few["baseline"]["value"])
+    assert metrics["diff/linear_top1/frac_0.05"] == pytest.approx(few["difference"])
+    assert metrics["eval/linear_top1/frac_0.05/ci_low"] == pytest.approx(few["encoder"]["ci95"][0])
+    assert run.data.params["label_fractions"] == f"{FEW:g} 1" and run.data.params["baseline"] == "random"
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert "evaluation.json" in artifacts
+    assert plots == {"plots/label_fraction.png", "plots/retrieval.png"}  # no ROC: not a binary task
+    local = client.download_artifacts(run.info.run_id, "plots/retrieval.png", str(pretrained.tmp / "dl"))
+    assert Image.open(local).size[0] > 500  # a grid: query + 5 neighbours for each of two encoders
+
+
+@pytest.mark.slow
+def test_pull_then_load_encoder_gives_the_training_time_features(store, tmp_path, capsys):
+    assert main(["encoders", "pull", "models:/moco-digits@champion", "--out", str(tmp_path / "enc")]) == EXIT_OK
+    assert sorted(p.name for p in (tmp_path / "enc").iterdir()) == [ENCODER_JSON, WEIGHTS]
+    encoder = load_encoder(str(tmp_path / "enc"))
+    cfg = store.cfg
+    test = read_dataset(cfg.data.root, partitions=("test",))["test"]
+    images = eval_loader(cfg.data, test)
+    pulled = extract_features(encoder, images)
+    trained = extract_features(store.trained, images)
+    assert pulled.shape == (360, 512)
+    assert torch.equal(pulled, trained)
+    # the package's preprocessing of a decoded image is the training-time eval transform
+    uint8 = load_image(test.paths[0], 1)  # 1 x 32 x 32, as `moco data digits` writes it
+    batch, _ = next(iter(images))
+    assert torch.equal(encoder.preprocess(uint8), batch[0])
+
+
+@pytest.mark.slow
+def test_encoders_list_shows_versions_aliases_and_scores(store, capsys):
+    assert main(["encoders", "list"]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert "moco-digits  aliases: champion=v1" in out
+    assert "v1" in out and "@champion" in out and store.result.mlflow_run_id in out
+    assert "train/neg_loss" in out or "eval/" in out  # the score the champion rule compares
+
+
+@pytest.mark.slow
+def test_binary_task_knn_and_finetune_from_a_run_id(store, tmp_path, capsys):
+    """A binary task derived from the digits (is it a 0?), the encoder named by its run id; fine-tuning
+    for one short epoch; ROC curves among the plots."""
+    splits = _relabel(store.root, tmp_path / "splits", ["zero"], lambda _p, d: [int(d == 0)])
+    out = tmp_path / "binary.json"
+    code = main(["evaluate", store.result.mlflow_run_id, "--data", str(store.root), "--splits-dir", str(splits),
+                 "--protocol", "knn", "finetune", "--finetune-epochs", "1", "--finetune-max-steps", "3",
+                 "--knn-k", "20", "--bootstrap", "100", "--out", str(out)])
+    assert code == EXIT_OK
+    printed = capsys.readouterr().out
+    assert "AUROC" in printed and "finetune" in printed
+    report = json.loads(out.read_text())
+    assert report["data"]["label_kind"] == "binary"
+    knn, ft = report["results"]
+    assert knn["metric"] == ft["metric"] == "auroc"
+    assert list(knn["encoder"]["per_label"]) == ["zero"] and knn["encoder"]["value"] > 0.9  # a 0 is easy
+    assert knn["encoder"]["per_label"]["zero"] == knn["encoder"]["value"]  # one label: mean = that label
+    assert ft["encoder"]["hparams"]["best_epoch"] == 1 and 0 <= ft["encoder"]["value"] <= 1
+    assert knn["baseline"] is None and knn["difference"] is None
+    client = MlflowClient(store.uri)
+    plots = {a.path for a in client.list_artifacts(report["mlflow"]["run_id"], "plots")}
+    assert {"plots/roc_knn.png", "plots/roc_finetune.png", "plots/label_fraction.png"} <= plots
+
+
+# ---------------------------------------------------------------------------------------------
+# bad input: a clear error and exit code 1, before any work
+
+
+@pytest.fixture
+def package(store, tmp_path) -> Path:
+    assert main(["encoders", "pull", "models:/moco-digits/1", "--out", str(tmp_path / "pkg")]) == EXIT_OK
+    return tmp_path / "pkg"
+
+
+def _fails(args: list[str], capsys, message: str) -> str:
+    assert main(args) == EXIT_FAIL
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
+    assert message in err, err
+    return err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ref, message", [
+    ("models:/moco-nope@champion", "no registered model named 'moco-nope'"),
+    ("models:/moco-digits@best", "has no alias 'best'; aliases: @champion -> 1"),
+    ("models:/moco-digits/9", "has no version '9'; versions: [1]"),
+], ids=["unknown-model", "unknown-alias", "missing-version"])
+def test_bad_encoder_refs(store, tmp_path, capsys, ref, message):
+    _fails(["evaluate", ref, "--data", str(store.root), "--out", str(tmp_path / "r.json")], capsys, message)
+    _fails(["encoders", "pull", ref, "--out", str(tmp_path / "enc")], capsys, message)
+    assert not (tmp_path / "r.json").exists() and not (tmp_path / "enc").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("header, label, message", [
+    ([], lambda p, d: [], "has no labels"),
+    (["zero"], lambda p, d: [int(d == 0 and p != "test")], "label 'zero' has no positive (1) example in test"),
+    (["digit"], lambda p, d: [7], "single class ['7']"),
+], ids=["no-labels", "binary-one-class-in-test", "one-class"])
+def test_labels_that_the_protocols_cannot_use(package, store, tmp_path, capsys, header, label, message):
+    splits = _relabel(store.root, tmp_path / "splits", header, label)
+    _fails(["evaluate", str(package), "--data", str(store.root), "--splits-dir", str(splits), "--no-track"],
+           capsys, message)
+
+
+@pytest.mark.slow
+def test_label_fraction_that_leaves_a_class_empty(package, store, capsys):
+    _fails(["evaluate", str(package), "--data", str(store.root), "--label-fraction", "0.1", "0.002",
+            "--no-track"], capsys, "label fraction 0.002 leaves class")
+
+
+@pytest.mark.slow
+def test_colour_images_for_a_gray_encoder(package, tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    root = tmp_path / "colour"
+    for part in ("train", "val", "test"):
+        for i in range(4):
+            (root / part).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8), "RGB").save(root / part / f"{i}.png")
+        _write_csv(root / f"{part}.csv", ["Path", "label"], [[f"{i}.png", i % 2] for i in range(4)])
+    err = _fails(["evaluate", str(package), "--data", str(root), "--no-track"], capsys,
+                 "the encoder takes 1-channel (gray) images, but the images of this dataset are in colour")
+    assert "train/0.png" in err
+
+
+@pytest.mark.slow
+def test_tampered_weights_are_refused_not_run(package, store, tmp_path, capsys):
+    marker = tmp_path / "marker"
+    from .test_registry import _Payload
+
+    torch.save({"conv1.weight": _Payload(str(marker))}, package / WEIGHTS)
+    _fails(["evaluate", str(package), "--data", str(store.root), "--no-track"], capsys,
+           "is not a plain tensor state_dict and was refused")
+    assert not marker.exists()
