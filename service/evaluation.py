@@ -20,8 +20,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Sequence
 
-from moco_core.downstream import PROTOCOLS
-
 BASELINES = ("random",)
 DEFAULT_PROTOCOLS = ("knn", "linear")
 CACHE_MAX_IMAGES = 20_000  # decode every image once into memory below this many images
@@ -47,7 +45,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, metavar="ROOT", help="dataset root (holds train/, val/, test/)")
     p.add_argument("--splits-dir", default=None, metavar="DIR", help="folder of train.csv/val.csv/test.csv")
     p.add_argument("--label-columns", default=None, metavar="A,B", help="label columns (default: all but Path)")
-    p.add_argument("--protocol", nargs="+", action="extend", choices=PROTOCOLS, default=None, dest="protocols",
+    # names checked by moco_core.downstream (imported lazily: it loads torch, and `moco --help` stays fast)
+    p.add_argument("--protocol", nargs="+", action="extend", default=None, dest="protocols",
+                   metavar="{knn,linear,finetune}",
                    help=f"protocols to run (default: {' '.join(DEFAULT_PROTOCOLS)}; finetune trains the "
                         f"whole encoder and takes longest)")
     p.add_argument("--label-fraction", nargs="+", action="extend", type=float, default=None, metavar="F",
