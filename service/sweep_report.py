@@ -44,8 +44,8 @@ def format_values(values: dict[str, Any], keys: list[str]) -> str:
 class SweepProgress(Callback):
     """One line per trial event on stderr (Tune's own status table is off)."""
 
-    def __init__(self, epochs: int, keys: list[str], metric: str) -> None:
-        self.epochs, self.keys, self.metric = epochs, keys, metric
+    def __init__(self, epochs: int, keys: list[str], metric: str, asha: bool = True) -> None:
+        self.epochs, self.keys, self.metric, self.asha = epochs, keys, metric, asha
 
     @staticmethod
     def _say(text: str) -> None:
@@ -56,13 +56,13 @@ class SweepProgress(Callback):
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         if self.metric in result and "epoch" in result:
-            loss = f"  train/loss {result['train/loss']:.4f}" if "train/loss" in result else ""
+            loss = f"  train/loss {result['train/loss']:.4f}" if "train/loss" in result and self.metric != "train/loss" else ""
             self._say(f"trial {trial.trial_id} epoch {result['epoch']}/{self.epochs}: "
                       f"{self.metric} {result[self.metric]:.4f}{loss}")
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         epoch = (trial.last_result or {}).get("epoch", 0)
-        how = "finished" if epoch >= self.epochs else f"stopped early by ASHA after epoch {epoch}"
+        how = "finished" if epoch >= self.epochs else f"stopped early{' by ASHA' if self.asha else ''} after epoch {epoch}"
         self._say(f"trial {trial.trial_id} {how}")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -107,7 +107,7 @@ def collect(results: Any, record: Any, cfg: ExperimentConfig, keys: list[str]) -
     rows = []
     for r in results:
         m = r.metrics or {}
-        trial_id = Path(r.path).name
+        trial_id = str(m.get("trial_id") or Path(r.path).name)  # Tune may suffix a reused folder name
         folder = storage.join(record.trials_dir, trial_id)
         run_id = RunRecord.load(folder).mlflow_run_id if storage.exists(storage.join(folder, RUN_RECORD)) else None
         epochs = int(m.get("epoch", 0) or 0)

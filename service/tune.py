@@ -33,7 +33,6 @@ log = logging.getLogger(__name__)
 
 SWEEP_RECORD = "moco_sweep.json"
 TRIALS_DIR = "trials"
-TRIAL_RESULT = "result.json"  # a finished trial's last report, re-reported if Tune restarts it
 TAG_TRIAL_STARTS = "moco.trial_starts"  # how many times the trial trained (1 unless it was resumed)
 DRIVER_MEMORY = 64 * 1024**2  # a trial driver asking for no CPU still needs a non-empty resource request
 
@@ -178,8 +177,9 @@ def trial_fn(config: dict[str, Any], ctx: dict[str, Any]) -> None:
     """One trial: its config, its child MLflow run, its ``TorchTrainer``; epochs are reported to Tune.
 
     A trial restarted by Tune (driver failure, or ``moco tune --resume``) finds its record and continues
-    its Ray Train run from the last checkpoint, in the same MLflow run. A trial that had already
-    finished only reports its last result again.
+    its Ray Train run from the last checkpoint, in the same MLflow run. A trial whose training had
+    already finished trains nothing again: it reports its last result to Tune, read from Ray Train's
+    checkpoint records.
     """
     import ray
     import ray.tune
@@ -194,8 +194,10 @@ def trial_fn(config: dict[str, Any], ctx: dict[str, Any]) -> None:
     uri = ctx["tracking_uri"]
     if storage.exists(storage.join(folder, RUN_RECORD)):
         record = RunRecord.load(folder)
-        if record.status == "finished" and storage.exists(storage.join(folder, TRIAL_RESULT)):
-            ray.tune.report(json.loads(storage.read_text(storage.join(folder, TRIAL_RESULT))))
+        done = _completed_result(folder, ExperimentConfig.model_validate(record.config).optim.epochs)
+        if done is not None:
+            _close_trial(record, "finished")
+            ray.tune.report(done)
             return
         tracking.set_status(uri, record.mlflow_run_id, "RUNNING")
     else:
@@ -221,29 +223,42 @@ def trial_fn(config: dict[str, Any], ctx: dict[str, Any]) -> None:
         runtime_env={"env_vars": {"RAY_ADDRESS": ray.get_runtime_context().gcs_address}}
     )
     try:
-        last = ray.get(fit.remote(record.config, asdict(record), TuneReportCallback()))
+        ray.get(fit.remote(record.config, asdict(record), TuneReportCallback()))
     except Exception:
-        tracking.set_status(uri, record.mlflow_run_id, "FAILED")
-        record.status = "failed"
-        record.save()
+        _close_trial(record, "failed")
         raise
-    storage.write_text(storage.join(folder, TRIAL_RESULT), json.dumps(last))
-    tracking.set_status(uri, record.mlflow_run_id, "FINISHED")
-    record.status = "finished"
+    _close_trial(record, "finished")
+
+
+def _close_trial(record: Any, status: str) -> None:
+    from . import tracking
+
+    tracking.set_status(record.tracking_uri, record.mlflow_run_id, status.upper())
+    record.status = status
     record.save()
 
 
-def _fit_trial(config: dict[str, Any], record: dict[str, Any], report_callback: Any) -> dict[str, Any]:
-    """Fit one trial's TorchTrainer; its last report (numbers only) and checkpoint path."""
+def _completed_result(folder: str, epochs: int) -> dict[str, Any] | None:
+    """The last report of a Ray Train run whose final epoch is checkpointed, else ``None``."""
+    import ray.train
+
+    try:
+        result = ray.train.Result.from_path(folder)
+    except Exception:  # noqa: BLE001 - no checkpoint registered yet: nothing finished
+        return None
+    metrics = dict(result.metrics or {})
+    if result.checkpoint is None or metrics.get("epoch") != epochs:
+        return None
+    last = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+    last["checkpoint_path"] = result.checkpoint.path
+    return last
+
+
+def _fit_trial(config: dict[str, Any], record: dict[str, Any], report_callback: Any) -> None:
+    """Fit one trial's TorchTrainer (continuing from its last checkpoint, if any)."""
     from .train import RunRecord, build_trainer
 
-    trainer = build_trainer(ExperimentConfig.model_validate(config), RunRecord(**record),
-                            callbacks=[report_callback])
-    result = trainer.fit()
-    last = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
-    if result.checkpoint is not None:
-        last["checkpoint_path"] = result.checkpoint.path
-    return last
+    build_trainer(ExperimentConfig.model_validate(config), RunRecord(**record), callbacks=[report_callback]).fit()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -335,7 +350,7 @@ def tune_sweep(
                 name=record.name,
                 storage_path=record.storage_path,
                 failure_config=tune.FailureConfig(max_failures=cfg.tune.max_failures),
-                callbacks=[sweep_report.SweepProgress(cfg.optim.epochs, keys, metric)],
+                callbacks=[sweep_report.SweepProgress(cfg.optim.epochs, keys, metric, asha is not None)],
                 verbose=0,
             ),
         )
