@@ -151,7 +151,9 @@ class SearchDim(_Compact):
     def _one_kind(self) -> SearchDim:
         given = [k for k in ("values", *RANGE_KINDS) if getattr(self, k) is not None]
         if len(given) != 1:
-            raise ValueError(f"give a list of values or exactly one of {', '.join(RANGE_KINDS)}; got {given or 'none'}")
+            raise ValueError(
+                f"give a list of values or exactly one of {', '.join(RANGE_KINDS)}; got {given or 'none'}"
+            )
         if given[0] != "values":
             lo, hi = getattr(self, given[0])
             if not lo < hi:
@@ -266,9 +268,12 @@ class ExperimentConfig(_Strict):
         base = {k: v.model_dump(mode="json") if isinstance(v, BaseModel) else v for k, v in info.data.items()}
         for key, dim in tune.space.dims().items():
             section, field = key.split(".")
-            annotation = cls.model_fields[section].annotation.model_fields[field].annotation  # type: ignore[union-attr]
+            section_model = cls.model_fields[section].annotation
+            annotation = section_model.model_fields[field].annotation  # type: ignore[union-attr]
             if annotation is int and dim.kind in ("uniform", "loguniform"):
-                raise ValueError(f"tune.space.{key}: {key} takes whole numbers; use randint or lograndint, or a list")
+                raise ValueError(
+                    f"tune.space.{key}: {key} takes whole numbers; use randint or lograndint, or a list"
+                )
             for value in dim.probes():
                 try:
                     ExperimentConfig.model_validate(set_values(base, {key: value}))

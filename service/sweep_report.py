@@ -56,13 +56,15 @@ class SweepProgress(Callback):
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         if self.metric in result and "epoch" in result:
-            loss = f"  train/loss {result['train/loss']:.4f}" if "train/loss" in result and self.metric != "train/loss" else ""
+            show_loss = "train/loss" in result and self.metric != "train/loss"
+            loss = f"  train/loss {result['train/loss']:.4f}" if show_loss else ""
             self._say(f"trial {trial.trial_id} epoch {result['epoch']}/{self.epochs}: "
                       f"{self.metric} {result[self.metric]:.4f}{loss}")
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         epoch = (trial.last_result or {}).get("epoch", 0)
-        how = "finished" if epoch >= self.epochs else f"stopped early{' by ASHA' if self.asha else ''} after epoch {epoch}"
+        by = " by ASHA" if self.asha else ""
+        how = "finished" if epoch >= self.epochs else f"stopped early{by} after epoch {epoch}"
         self._say(f"trial {trial.trial_id} {how}")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -318,7 +320,8 @@ def format_result(result: Any) -> str:
         champ = {True: "now champion", False: "champion unchanged"}.get(reg.get("champion"), "")
         lines.append(f"  registered          {reg['model_uri']}" + (f" ({champ})" if champ else ""))
     if result.tracking_uri.startswith("sqlite:///"):
-        lines.append(f"\nbrowse: mlflow ui --backend-store-uri {result.tracking_uri}   (then open http://127.0.0.1:5000)")
+        lines.append(f"\nbrowse: mlflow ui --backend-store-uri {result.tracking_uri}"
+                     "   (then open http://127.0.0.1:5000)")
     ref = reg["model_uri"] if reg else f"runs:/{best.run_id}"
     lines.append(f"pull:   moco encoders pull {ref} --out encoder/")
     return "\n".join(lines)

@@ -46,7 +46,8 @@ def tune_overrides(root: Path, tmp_path: Path, *extra: str) -> list[str]:
         (["tune.space.moco.momentum=[0.9, 1.5]"], "tune.space.moco.momentum: 1.5 is not a valid moco.momentum"),
         (["tune.search=random", "tune.space.moco.momentum={uniform: [-0.1, 0.99]}"],
          "tune.space.moco.momentum: -0.1 is not a valid moco.momentum"),
-        (["tune.space.moco.temperature=[0.0, 0.2]"], "tune.space.moco.temperature: 0.0 is not a valid moco.temperature"),
+        (["tune.space.moco.temperature=[0.0, 0.2]"],
+         "tune.space.moco.temperature: 0.0 is not a valid moco.temperature"),
         (["tune.search=random", "tune.space.moco.temperature={loguniform: [0, 0.5]}"], "needs low > 0"),
         (["tune.search=random", "tune.space.moco.temperature={uniform: [0.5, 0.1]}"], "needs low < high"),
         (["tune.search=random", "tune.space.moco.queue_size={uniform: [16, 4096]}"], "takes whole numbers"),
@@ -96,7 +97,8 @@ def test_param_space_maps_kinds_to_ray_tune():
     rnd = load_config(TUNE_YAML, ["tune.search=random", "tune.space.moco.momentum={uniform: [0.9, 0.999]}",
                                   "tune.space.moco.queue_size={randint: [16, 17]}"]).tune
     space = param_space(rnd)
-    assert isinstance(space["moco.temperature"], Categorical) and space["moco.temperature"].categories == [0.07, 0.2, 0.5]
+    assert isinstance(space["moco.temperature"], Categorical)
+    assert space["moco.temperature"].categories == [0.07, 0.2, 0.5]
     assert isinstance(space["moco.momentum"], Float)
     assert isinstance(space["moco.queue_size"], Integer)
     assert {space["moco.queue_size"].sample() for _ in range(200)} == {16, 17}  # both ends included
