@@ -133,11 +133,20 @@ def _label_kind_usable(parts: dict[str, Partition | None]) -> bool:
     return train_p is not None and val_p is not None and train_p.label_kind != "none" and len(val_p) > 0
 
 
+def quiet_ray_train_logs() -> None:
+    """Ray Train logs every report and checkpoint at INFO on each worker, and the driver echoes those
+    lines; the progress line says the same. Warnings and errors still show."""
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith("ray.train") or "/ray/train/" in name:
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker. ``loop_config`` is plain data (the config as a dict)."""
     import ray.train
     import ray.train.torch
 
+    quiet_ray_train_logs()
     cfg = ExperimentConfig.model_validate(loop_config["experiment"])  # validated again on the worker
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
