@@ -27,6 +27,10 @@ def ray_cluster():
     import ray
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # This cluster lives only for the test session, on this machine. Without token auth its clients
+    # need no token, so tests that point RAY_AUTH_TOKEN* or HOME elsewhere (tests/test_jobs.py, with
+    # its own token-protected head) cannot cut the session's own connection off.
+    os.environ["RAY_AUTH_MODE"] = "disabled"
     ray.init(num_cpus=2, dashboard_host="127.0.0.1", logging_level="WARNING", log_to_driver=False)
     yield ray
     ray.shutdown()

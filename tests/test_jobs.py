@@ -394,7 +394,8 @@ def _run(capsys, *argv: str) -> tuple[int, str]:
 def test_clear_errors(ray_head, digits_root, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.ray/auth_token of this machine
     for var in CLEAN_ENV:
-        monkeypatch.delenv(var, raising=False)
+        if var != "RAY_AUTH_MODE":  # this process's own Ray setting (conftest.ray_cluster); moco reads no mode
+            monkeypatch.delenv(var, raising=False)
     good = ["--set", f"data.root={digits_root}", "--set", f"run.storage_path={tmp_path / 'runs'}"]
     free = free_ports(1)[0]
 
