@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import subprocess
 import sys
 
@@ -17,8 +18,8 @@ from .conftest import REPO
 def test_help_lists_every_command():
     out = subprocess.run([sys.executable, "-m", "service.cli", "--help"], capture_output=True, text=True,
                          check=True).stdout
-    for cmd in ("quickstart", "data", "pretrain", "encoders"):
-        assert cmd in out
+    for cmd in ("quickstart", "data", "pretrain", "tune", "evaluate", "encoders", "submit", "jobs"):
+        assert re.search(rf"^\s+{cmd}\s", out, re.M), f"{cmd} missing from moco --help"
 
 
 def test_data_digits_then_validate_ok(tmp_path, capsys):
