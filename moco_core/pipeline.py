@@ -130,4 +130,19 @@ def steps_per_epoch(n_images: int, cfg: ExperimentConfig) -> int:
     return max(1, steps)
 
 
-__all__ = ["ShardSampler", "PretrainViews", "pretrain_loader", "eval_loader", "steps_per_epoch"]
+def queue_size_warning(n_images: int, cfg: ExperimentConfig) -> str | None:
+    """A warning when the queue holds as many keys as there are training images. The queue keeps the
+    last ``queue_size`` keys and an image comes back once per epoch: with K >= N, every image's own key
+    from its previous epoch is still queued, a negative against its own positive."""
+    k = cfg.moco.queue_size
+    if n_images <= 0 or k < n_images:
+        return None
+    suggestion = 1 << max(0, (n_images // 4).bit_length() - 1)  # a power of two at most N/4
+    return (
+        f"moco.queue_size={k} is not smaller than the {n_images} training images: every image's own key "
+        f"from its previous epoch is still in the queue, as a negative against itself. Use a queue well "
+        f"below the training set size (e.g. moco.queue_size={suggestion})"
+    )
+
+
+__all__ = ["ShardSampler", "PretrainViews", "pretrain_loader", "eval_loader", "steps_per_epoch", "queue_size_warning"]

@@ -24,7 +24,7 @@ from moco_core.config import ExperimentConfig
 from moco_core.data import Partition, dataset_fingerprint, read_dataset
 from moco_core.engine import TrainState, build_train_state, fit
 from moco_core.evaluate import extract_features, knn_metric
-from moco_core.pipeline import eval_loader, pretrain_loader, steps_per_epoch
+from moco_core.pipeline import eval_loader, pretrain_loader, queue_size_warning, steps_per_epoch
 
 from . import storage, tracking
 from .progress import ProgressPrinter, ProgressRelay, ProgressSender
@@ -341,6 +341,8 @@ def pretrain(
         printer.message(f"resuming run {record.name} (MLflow run {record.mlflow_run_id}) from {record.folder}")
     cfg = absolute_data_paths(cfg)
     train_p = read_partitions(cfg, check_files=True)["train"]  # dataset faults stop here, before Ray starts
+    if warning := queue_size_warning(len(train_p), cfg):
+        printer.message(f"warning: {warning}")
     tracking.check_reachable(uri)  # an unreachable MLflow stops here too
     if resume:
         tracking.set_status(uri, record.mlflow_run_id, "RUNNING")

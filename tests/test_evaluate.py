@@ -26,9 +26,8 @@ from service.train import backbone_from_checkpoint, load_checkpoint_dict, pretra
 
 from .conftest import small_config
 
-# Two short epochs through Ray Train. The recipe is experiments/digits.yaml with a smaller queue and
-# a faster key encoder, which a run of 2 epochs needs (with K=1024, m=0.99 the queue is still mostly
-# stale keys at the end).
+# Two short epochs through Ray Train. The recipe is experiments/digits.yaml with a smaller queue, smaller
+# batches and a faster key encoder (m=0.9), which a run of 2 epochs needs.
 PRETRAIN = ("optim.epochs=2", "optim.batch_size=16", "moco.queue_size=256", "moco.momentum=0.9",
             "eval.knn_every_epochs=0")
 FEW = 0.05  # about 5 labels per digit: where a pretrained encoder should help most

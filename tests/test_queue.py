@@ -57,3 +57,18 @@ def test_state_dict_round_trip():
 def test_initial_keys_are_unit_vectors():
     q = KeyQueue(dim=16, size=32)
     assert torch.allclose(q.keys.norm(dim=0), torch.ones(32), atol=1e-5)
+
+
+def test_queue_size_warning_when_the_queue_nears_the_training_set():
+    from moco_core.config import ExperimentConfig
+    from moco_core.pipeline import queue_size_warning
+
+    def cfg(k: int) -> ExperimentConfig:
+        return ExperimentConfig.model_validate({"moco": {"queue_size": k}})
+
+    assert queue_size_warning(1078, cfg(1024)) is None  # smaller than the training set
+    assert queue_size_warning(1_281_167, cfg(65536)) is None  # ImageNet with the paper's K
+    msg = queue_size_warning(1078, cfg(4096))  # the small-image recipe's K on the digits
+    assert msg is not None and "moco.queue_size=4096 is not smaller than the 1078 training images" in msg
+    assert "moco.queue_size=256" in msg  # a power of two at most N/4
+    assert queue_size_warning(1078, cfg(1078)) is not None
