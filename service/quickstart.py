@@ -69,6 +69,10 @@ def quickstart(workdir: Path = Path("."), epochs: int | None = None, workers: in
     print(f"  {'MoCo (this run)':<22}{ours:.4f}")
     print(f"  {'random init':<22}{base:.4f}")
     print(f"  {'difference':<22}{ours - base:+.4f}")
+    if ours <= base:
+        print("\n  A random-init ResNet-18 is a strong kNN baseline on the digits, and a few CPU epochs do not\n"
+              "  beat it yet: this run checks the whole pipeline. Measure a longer run with `moco evaluate`\n"
+              "  (docs/evaluate.md, 'What the digits show').")
 
     printer.message("\n[4/4] registry")
     reg = result.registered
