@@ -278,6 +278,11 @@ def _mlflow_errors() -> tuple[type[BaseException], ...]:
     return (MlflowException,)
 
 
+def _store_errors() -> tuple[type[BaseException], ...]:
+    """What a lookup or download that finds nothing raises: MlflowException or OSError, by store."""
+    return (*_mlflow_errors(), OSError)
+
+
 def _version_score(mv) -> dict:
     tags = mv.tags or {}
     value = tags.get(TAG_VALUE)
@@ -403,7 +408,7 @@ def register_encoder(
 def _list_names(client, limit: int = 20) -> list[str]:
     try:
         return sorted(m.name for m in client.search_registered_models(max_results=limit))
-    except Exception:
+    except _store_errors():
         return []
 
 
@@ -411,7 +416,7 @@ def _versions_of(client, name: str) -> list[int]:
     try:
         escaped = name.replace("'", "\\'")
         return sorted(int(v.version) for v in _all_versions(client, f"name = '{escaped}'"))
-    except Exception:
+    except _store_errors():
         return []
 
 
@@ -485,7 +490,7 @@ def _download(uri: str, *, dst: Path) -> Path | None:
 
     try:
         local = download_artifacts(artifact_uri=uri, dst_path=str(dst))
-    except Exception:  # missing artifact: MlflowException or OSError depending on the store
+    except _store_errors():  # missing artifact
         return None
     folder = _package_dir(Path(local))
     return folder if (folder / ENCODER_JSON).is_file() and (folder / WEIGHTS).is_file() else None
@@ -501,7 +506,7 @@ def _download_run_package(run_id: str, sub: str, dst: Path) -> Path | None:
     for f in (ENCODER_JSON, WEIGHTS):
         try:
             got.append(Path(download_artifacts(run_id=run_id, artifact_path=f"{sub}/{f}", dst_path=str(dst))))
-        except Exception:
+        except _store_errors():
             return None
     folder = got[0].parent
     return folder if all(p.is_file() and p.parent == folder for p in got) else None
@@ -519,7 +524,7 @@ def _resolve_run(client, ref: str, run_id: str, sub: str | None, dst: Path) -> P
         for out in (run.outputs.model_outputs if run.outputs else None) or []:
             try:
                 location = client.get_logged_model(out.model_id).artifact_location
-            except Exception:
+            except _store_errors():
                 continue
             got = _download(f"{location.rstrip('/')}/{EXTRA_FILES}", dst=dst / out.model_id)
             if got is not None:
@@ -527,7 +532,7 @@ def _resolve_run(client, ref: str, run_id: str, sub: str | None, dst: Path) -> P
     if got is None:
         try:
             have = sorted(a.path for a in client.list_artifacts(run_id))
-        except Exception:
+        except _store_errors():
             have = []
         raise EncoderError(
             f"{ref}: run {run_id} has no encoder package under {sub!r} (expected {sub}/{ENCODER_JSON} and "
