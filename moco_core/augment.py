@@ -11,6 +11,7 @@ Randomness comes from torch's global RNG only, which ``pipeline.PretrainViews`` 
   GaussianBlur (kernel ~10 % of the image, odd, sigma 0.1-2) with p 0.5, horizontal flip (Chen et al. 2020).
 * ``cxr``: chest X-rays: mild crops (scale 0.6-1, ratio 0.9-1.1), rotation within +-10 degrees,
   brightness/contrast jitter only; no hue/saturation, no grayscale flip-flop, no flip (anatomy has a side).
+  Also the views of ``experiments/digits.yaml``: tiny gray digits need mild views too.
 
 With one channel, the colour operations that need three (saturation, hue, grayscale) are left out;
 brightness and contrast stay.

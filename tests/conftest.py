@@ -6,8 +6,13 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from moco_core.config import ExperimentConfig, load_config
+from moco_core.data import read_dataset
+from moco_core.downstream import label_subset
+from moco_core.evaluate import extract_features, knn_metric
+from moco_core.pipeline import eval_loader
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,6 +53,17 @@ def small_config(root: Path, tmp_path: Path, *overrides: str) -> ExperimentConfi
             *overrides,
         ],
     )
+
+
+def val_knn(cfg: ExperimentConfig, backbone: torch.nn.Module, fraction: float = 1.0) -> float:
+    """kNN top-1 on val, the bank a stratified, seeded ``fraction`` of the labelled train partition.
+    With few labels (0.05: about 5 per digit) is where pretraining shows (docs/evaluate.md)."""
+    parts = read_dataset(cfg.data.root, partitions=("train", "val"))
+    bank = label_subset(parts["train"], fraction, cfg.run.seed)
+    f_tr = extract_features(backbone, eval_loader(cfg.data, parts["train"]))[bank]
+    f_va = extract_features(backbone, eval_loader(cfg.data, parts["val"]))
+    return knn_metric(f_tr, parts["train"].targets[bank], f_va, parts["val"].targets, "multiclass", 10,
+                      k=cfg.eval.knn_k, t=cfg.eval.knn_t)[1]
 
 
 @pytest.fixture(autouse=True)

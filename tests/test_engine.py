@@ -7,35 +7,28 @@ from moco_core.backbones import create_backbone
 from moco_core.config import ExperimentConfig
 from moco_core.data import read_dataset
 from moco_core.engine import NonFiniteLossError, build_train_state, fit, train_step
-from moco_core.evaluate import extract_features, knn_metric
-from moco_core.pipeline import eval_loader, pretrain_loader, steps_per_epoch
+from moco_core.pipeline import pretrain_loader, steps_per_epoch
 
-from .conftest import small_config
-
-
-def _knn(cfg, parts, backbone) -> float:
-    el = {k: eval_loader(cfg.data, p) for k, p in parts.items()}
-    return knn_metric(extract_features(backbone, el["train"]), parts["train"].targets,
-                      extract_features(backbone, el["val"]), parts["val"].targets, "multiclass", 10,
-                      k=cfg.eval.knn_k, t=cfg.eval.knn_t)[1]
+from .conftest import small_config, val_knn
 
 
 @pytest.mark.slow
 def test_single_process_training_beats_random_init(digits_root, tmp_path):
     torch.set_num_threads(2)
-    cfg = small_config(digits_root, tmp_path, "optim.epochs=3")  # batch 32, split BN, K 1024, T 0.2
+    cfg = small_config(digits_root, tmp_path, "optim.epochs=6")  # batch 64, split BN, K 256, T 0.1
     parts = read_dataset(digits_root, partitions=("train", "val"))
     loader = pretrain_loader(cfg, parts["train"])
     state = build_train_state(cfg, steps_per_epoch(len(parts["train"]), cfg))
     history = fit(state, loader, cfg)
-    assert state.step == 3 * (1078 // 32) and len(history) == 3
+    assert state.step == 6 * (1078 // 64) and len(history) == 6
     # the instance task is learnt: positives end far more similar than negatives
     assert history[-1]["train/pos_logit"] > history[-1]["train/neg_logit"] + 0.1
+    # what pretraining buys shows with few labels (about 5 per digit; docs/evaluate.md)
     torch.manual_seed(cfg.run.seed)
     random_init = create_backbone(cfg.model.arch, cfg.data.channels, cfg.model.small_image_stem)
-    trained, base = _knn(cfg, parts, state.model.encoder_q.backbone), _knn(cfg, parts, random_init)
-    print(f"kNN top-1 (k={cfg.eval.knn_k}) on val: trained {trained:.4f}, random init {base:.4f}")
-    assert trained > base + 0.01
+    trained, base = val_knn(cfg, state.model.encoder_q.backbone, 0.05), val_knn(cfg, random_init, 0.05)
+    print(f"kNN top-1 (k={cfg.eval.knn_k}, 5 % of the labels) on val: trained {trained:.4f}, random init {base:.4f}")
+    assert trained > base + 0.03
 
 
 def test_non_finite_loss_raises_before_any_update():

@@ -20,27 +20,18 @@ from moco_core.augment import TwoViews, build_pretrain_transform
 from moco_core.backbones import create_backbone
 from moco_core.data import DataError, ImageDataset, read_dataset
 from moco_core.model import build_moco
-from moco_core.evaluate import extract_features, knn_metric
-from moco_core.pipeline import PretrainViews, eval_loader
+from moco_core.pipeline import PretrainViews
 from service import registry
 from service.tracking import TrackingError
 from service.train import PretrainError, RunRecord, backbone_from_checkpoint, load_checkpoint_dict, pretrain
 
-from .conftest import REPO, small_config
+from .conftest import REPO, small_config, val_knn
 
 pytestmark = pytest.mark.slow
 
 
 def _steps(uri: str, run_id: str, key: str = "train/loss") -> list[int]:
     return [m.step for m in MlflowClient(uri).get_metric_history(run_id, key)]
-
-
-def _val_knn(cfg, backbone) -> float:
-    parts = read_dataset(cfg.data.root, partitions=("train", "val"))
-    f_tr = extract_features(backbone, eval_loader(cfg.data, parts["train"]))
-    f_va = extract_features(backbone, eval_loader(cfg.data, parts["val"]))
-    return knn_metric(f_tr, parts["train"].targets, f_va, parts["val"].targets, "multiclass", 10,
-                      k=cfg.eval.knn_k, t=cfg.eval.knn_t)[1]
 
 
 @torch.no_grad()
@@ -60,37 +51,39 @@ def _heldout_infonce(cfg, model_state) -> float:
 
 
 def test_two_gloo_workers_learn_track_and_register(ray_cluster, digits_root, tmp_path):
-    cfg = small_config(digits_root, tmp_path, "scaling.workers=2", "optim.epochs=3")
+    cfg = small_config(digits_root, tmp_path, "scaling.workers=2", "optim.epochs=6")
     result = pretrain(cfg, check_queues=True)  # the workers assert identical queues on both ranks
 
     uri, run_id = result.tracking_uri, result.mlflow_run_id
     client = MlflowClient(uri)
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
-    assert run.data.params["moco.temperature"] == "0.2" and run.data.params["scaling.workers"] == "2"
+    assert run.data.params["moco.temperature"] == "0.1" and run.data.params["scaling.workers"] == "2"
     steps = _steps(uri, run_id)
-    n = 3 * (1078 // 32)
+    n = 6 * (1078 // 64)
     assert steps == list(range(1, n + 1))  # every step once: no gap, no duplicate
     for key in ("train/lr", "train/momentum", "train/images_per_s", "train/pos_logit", "train/neg_logit"):
         assert key in run.data.metrics
     artifacts = {a.path for a in client.list_artifacts(run_id)}
     assert {"config.yaml", "encoder", "plots"} <= artifacts
 
-    # learning: the contrastive loss on held-out images falls, and kNN beats a random-init encoder.
-    # (The training loss itself rises at first, as the random initial queue fills with real keys.)
+    # learning: the contrastive loss on held-out images falls, and kNN with few labels beats a
+    # random-init encoder. (The training loss itself rises at first, as the random initial queue fills
+    # with real keys.)
     final = load_checkpoint_dict(result.checkpoint_path)
     trained_loss, random_loss = _heldout_infonce(cfg, final["model"]), _heldout_infonce(cfg, build_moco(cfg).state_dict())
+    trained = backbone_from_checkpoint(cfg, final)
     torch.manual_seed(cfg.run.seed)
     random_init = create_backbone(cfg.model.arch, cfg.data.channels, cfg.model.small_image_stem)
-    trained_knn, random_knn = result.metrics["eval/knn_top1"], _val_knn(cfg, random_init)
+    trained_knn, random_knn = val_knn(cfg, trained, 0.05), val_knn(cfg, random_init, 0.05)
     print(f"held-out InfoNCE {trained_loss:.4f} vs random init {random_loss:.4f}; "
-          f"kNN {trained_knn:.4f} vs random init {random_knn:.4f}")
+          f"kNN (5 % of the labels) {trained_knn:.4f} vs random init {random_knn:.4f}")
     assert trained_loss < random_loss
-    assert trained_knn > random_knn + 0.005  # 2 workers of 16 images: a smaller gain than one of 32 (tests/test_engine.py)
+    assert trained_knn > random_knn + 0.03
+    assert 0 < result.metrics["eval/knn_top1"] <= 1  # the per-epoch monitor (all labels) was reported
 
     # registry: version 1, champion alias, pulled weights give the training-time features
     assert result.registered["version"] == 1 and result.registered["champion"]
-    trained = backbone_from_checkpoint(cfg, load_checkpoint_dict(result.checkpoint_path))
     import mlflow
 
     mlflow.set_tracking_uri(uri)
