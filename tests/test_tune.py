@@ -92,13 +92,13 @@ def test_param_space_maps_kinds_to_ray_tune():
 
     grid = load_config(TUNE_YAML).tune
     space = param_space(grid)
-    assert space["moco.temperature"] == {"grid_search": [0.07, 0.2, 0.5]}
-    assert space["moco.queue_size"] == {"grid_search": [256, 1024]}
+    assert space["moco.temperature"] == {"grid_search": [0.07, 0.1, 0.2]}
+    assert space["moco.queue_size"] == {"grid_search": [128, 256]}
     rnd = load_config(TUNE_YAML, ["tune.search=random", "tune.space.moco.momentum={uniform: [0.9, 0.999]}",
                                   "tune.space.moco.queue_size={randint: [16, 17]}"]).tune
     space = param_space(rnd)
     assert isinstance(space["moco.temperature"], Categorical)
-    assert space["moco.temperature"].categories == [0.07, 0.2, 0.5]
+    assert space["moco.temperature"].categories == [0.07, 0.1, 0.2]
     assert isinstance(space["moco.momentum"], Float)
     assert isinstance(space["moco.queue_size"], Integer)
     assert {space["moco.queue_size"].sample() for _ in range(200)} == {16, 17}  # both ends included
