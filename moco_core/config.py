@@ -112,6 +112,8 @@ class EvalConfig(_Strict):
     knn_every_epochs: int = Field(1, ge=0)  # 0: only at the end
     knn_k: int = Field(200, ge=1)
     knn_t: float = Field(0.1, gt=0.0)
+    # the monitor's bank: this stratified, seeded (run.seed) fraction of the labelled train images
+    knn_label_fraction: float = Field(1.0, gt=0.0, le=1.0)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,10 +18,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from moco_core.config import ExperimentConfig
 from moco_core.data import Partition, dataset_fingerprint, read_dataset
+from moco_core.downstream import EvaluationError, label_subset
 from moco_core.engine import TrainState, build_train_state, fit
 from moco_core.evaluate import extract_features, knn_metric
 from moco_core.pipeline import eval_loader, pretrain_loader, queue_size_warning, steps_per_epoch
@@ -117,12 +119,36 @@ def load_checkpoint_dict(folder: str | Path, device: torch.device | str = "cpu")
 # the worker
 
 
-def _knn_eval(cfg: ExperimentConfig, backbone: torch.nn.Module, loaders: dict, parts: dict, device) -> dict:
+def monitor_bank(cfg: ExperimentConfig, train_p: Partition) -> np.ndarray:
+    """Rows of ``train_p`` whose labels the kNN monitor votes with: a stratified, seeded
+    ``eval.knn_label_fraction`` of them (all by default). Raises ``PretrainError`` when the fraction
+    leaves a class without an image, so a run stops before it starts."""
+    try:
+        return label_subset(train_p, cfg.eval.knn_label_fraction, cfg.run.seed)
+    except EvaluationError as e:
+        raise PretrainError(f"eval.knn_label_fraction={cfg.eval.knn_label_fraction}: {e}") from None
+
+
+def check_monitor(cfg: ExperimentConfig, parts: dict[str, Partition]) -> None:
+    """On the driver, before Ray starts: the kNN monitor's label fraction keeps every class."""
+    if _label_kind_usable(parts):
+        monitor_bank(cfg, parts["train"])
+
+
+def scored_as(cfg: ExperimentConfig, metric: str) -> str:
+    """The name a run's score is registered under. kNN with a fraction of the labels is another measure
+    than kNN with all of them, so the champion rule must not compare the two: ``eval/knn_top1@0.05``."""
+    f = cfg.eval.knn_label_fraction
+    return f"{metric}@{f:g}" if metric.startswith("eval/knn_") and f < 1.0 else metric
+
+
+def _knn_eval(cfg: ExperimentConfig, backbone: torch.nn.Module, loaders: dict, parts: dict, device,
+              bank: np.ndarray) -> dict:
     train_p, val_p = parts["train"], parts["val"]
-    feats_train = extract_features(backbone, loaders["train"], device, cfg.run.channels_last)
+    feats_train = extract_features(backbone, loaders["train"], device, cfg.run.channels_last)[bank]
     feats_val = extract_features(backbone, loaders["val"], device, cfg.run.channels_last)
     name, value = knn_metric(
-        feats_train, train_p.targets, feats_val, val_p.targets, train_p.label_kind,
+        feats_train, train_p.targets[bank], feats_val, val_p.targets, train_p.label_kind,
         len(train_p.classes), k=cfg.eval.knn_k, t=cfg.eval.knn_t,
     )
     return {f"eval/{name}": value}
@@ -181,6 +207,7 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
     eval_loaders: dict = {}
     if is_rank0 and _label_kind_usable(eval_parts):
         eval_loaders = {k: eval_loader(cfg.data, p) for k, p in eval_parts.items()}
+        bank = monitor_bank(cfg, train_p)
     t_start, step_start = time.monotonic(), state.step
     if ckpt is not None and metrics_log is not None:  # visible in the MLflow UI: where a restart resumed
         metrics_log.log({"train/resumed_at_step": state.step}, step=state.step)
@@ -199,7 +226,7 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
         final = st.epoch >= cfg.optim.epochs
         knn_due = cfg.eval.knn_every_epochs and st.epoch % cfg.eval.knn_every_epochs == 0
         if is_rank0 and eval_loaders and (knn_due or final):
-            report.update(_knn_eval(cfg, st.model.encoder_q.backbone, eval_loaders, eval_parts, device))
+            report.update(_knn_eval(cfg, st.model.encoder_q.backbone, eval_loaders, eval_parts, device, bank))
         if metrics_log is not None:
             metrics_log.log({k: v for k, v in report.items() if k.startswith("eval/")}, step=st.step)
             metrics_log.log({"train/epoch_loss": report["train/loss"]}, step=st.step)
@@ -340,7 +367,9 @@ def pretrain(
         uri = record.tracking_uri
         printer.message(f"resuming run {record.name} (MLflow run {record.mlflow_run_id}) from {record.folder}")
     cfg = absolute_data_paths(cfg)
-    train_p = read_partitions(cfg, check_files=True)["train"]  # dataset faults stop here, before Ray starts
+    parts = read_partitions(cfg, check_files=True)  # dataset faults stop here, before Ray starts
+    train_p = parts["train"]
+    check_monitor(cfg, parts)  # and a monitor label fraction that leaves a class empty
     if warning := queue_size_warning(len(train_p), cfg):
         printer.message(f"warning: {warning}")
     tracking.check_reachable(uri)  # an unreachable MLflow stops here too
@@ -425,6 +454,6 @@ def publish_encoder(
         metric = next(iter(eval_metrics), "train/neg_loss")
         value = eval_metrics.get(metric, -float(metrics.get("train/loss", float("inf"))))
         return registry.register_encoder(
-            pkg, run_id=run_id, model_name=cfg.registered_model_name, metric=metric, value=value,
+            pkg, run_id=run_id, model_name=cfg.registered_model_name, metric=scored_as(cfg, metric), value=value,
             fingerprint=fingerprint,
         )

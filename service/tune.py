@@ -289,7 +289,7 @@ def tune_sweep(
     from ray.tune.search import BasicVariantGenerator
 
     from . import sweep_report, tracking
-    from .train import absolute_data_paths, ensure_ray, read_partitions, storage_path_of
+    from .train import absolute_data_paths, check_monitor, ensure_ray, read_partitions, storage_path_of
 
     if resume:
         record = find_sweep(cfg, resume if isinstance(resume, str) else None)
@@ -301,6 +301,7 @@ def tune_sweep(
                          "(experiments/digits_tune.yaml is an example)")
     cfg = absolute_data_paths(cfg)
     parts = read_partitions(cfg, check_files=True)  # dataset faults stop here, before Ray starts
+    check_monitor(cfg, parts)
     metric = default_metric(cfg, parts)
     mode = cfg.tune.resolved_mode(metric)
     uri = record.tracking_uri if resume else tracking.resolve_tracking_uri(cfg.tracking.uri)

@@ -34,6 +34,8 @@ def test_overrides_are_typed_and_validated():
         ("moco.momentum=1.5", "moco.momentum"),
         ("moco.queue_size=0", "moco.queue_size"),
         ("moco.shuffle_bn=sometimes", "moco.shuffle_bn"),
+        ("eval.knn_label_fraction=0", "eval.knn_label_fraction"),
+        ("eval.knn_label_fraction=1.5", "eval.knn_label_fraction"),
         ("optim=3", "optim"),
         ("nonsense", "expected KEY=VALUE"),
     ],

@@ -23,7 +23,8 @@ from moco_core.model import build_moco
 from moco_core.pipeline import PretrainViews
 from service import registry
 from service.tracking import TrackingError
-from service.train import PretrainError, RunRecord, backbone_from_checkpoint, load_checkpoint_dict, pretrain
+from service.train import (PretrainError, RunRecord, backbone_from_checkpoint, load_checkpoint_dict, pretrain,
+                           scored_as)
 
 from .conftest import REPO, small_config, val_knn
 
@@ -199,6 +200,21 @@ def test_dataset_fault_stops_before_ray(digits_root, tmp_path):
     with pytest.raises(DataError, match=victim.name):
         pretrain(cfg)
     assert not (tmp_path / "runs").exists()  # nothing was started
+
+
+def test_monitor_label_fraction_that_empties_a_class_fails_before_training(digits_root, tmp_path):
+    cfg = small_config(digits_root, tmp_path, "eval.knn_label_fraction=0.001")
+    with pytest.raises(PretrainError, match=r"eval\.knn_label_fraction=0\.001: .* leaves class '\d' with no example"):
+        pretrain(cfg)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_scores_with_a_label_fraction_are_registered_under_their_own_name(digits_root, tmp_path):
+    few = small_config(digits_root, tmp_path, "eval.knn_label_fraction=0.05")
+    every = small_config(digits_root, tmp_path, "eval.knn_label_fraction=1")
+    assert scored_as(few, "eval/knn_top1") == "eval/knn_top1@0.05"  # never compared with all-label kNN
+    assert scored_as(every, "eval/knn_top1") == "eval/knn_top1"
+    assert scored_as(few, "train/neg_loss") == "train/neg_loss"
 
 
 def test_unreachable_mlflow_fails_before_training(digits_root, tmp_path):
