@@ -20,12 +20,14 @@ RECIPE = Path(__file__).resolve().parents[1] / "experiments" / "digits.yaml"
 FRACTIONS = (0.05, 1.0)  # about 5 labelled images per digit, and all of them
 
 
-def knn_on_test(cfg: ExperimentConfig, backbone: torch.nn.Module) -> dict[float, float]:
-    """kNN top-1 on the test partition with ``FRACTIONS`` of the train labels (stratified, seeded)."""
+def knn_on_test(cfg: ExperimentConfig, encoders: dict[str, torch.nn.Module]) -> dict[str, dict[float, float]]:
+    """kNN top-1 of each encoder on the test partition with ``FRACTIONS`` of the train labels (stratified,
+    seeded); the images are decoded once for all encoders."""
     parts = read_dataset(cfg.data.root, cfg.data.splits_dir, cfg.data.label_columns, ("train", "val", "test"))
+    task = Task(parts, cfg.data)
     settings = ProtocolSettings(knn_k=cfg.eval.knn_k, knn_t=cfg.eval.knn_t, bootstrap=0)
-    results = run_protocols(backbone, Task(parts, cfg.data), ["knn"], FRACTIONS, settings, seed=cfg.run.seed)
-    return {r.fraction: r.value for r in results}
+    return {name: {r.fraction: r.value for r in run_protocols(bb, task, ["knn"], FRACTIONS, settings, seed=cfg.run.seed)}
+            for name, bb in encoders.items()}
 
 
 def ensure_digits(root: Path) -> None:
@@ -61,9 +63,10 @@ def quickstart(workdir: Path = Path("."), epochs: int | None = None, workers: in
     trained = backbone_from_checkpoint(cfg, _final_state(result.checkpoint_path))
     torch.manual_seed(cfg.run.seed)
     random_init = create_backbone(cfg.model.arch, cfg.data.channels, cfg.model.small_image_stem)
-    ours, base = knn_on_test(cfg, trained), knn_on_test(cfg, random_init)
+    scores = knn_on_test(cfg, {"MoCo (this run)": trained, "random init": random_init})
+    ours, base = scores["MoCo (this run)"], scores["random init"]
     print(f"\n  {'kNN top-1 (k=' + str(cfg.eval.knn_k) + ')':<22}" + "".join(f"{f'{f:.0%} labels':>14}" for f in FRACTIONS))
-    for name, row in (("MoCo (this run)", ours), ("random init", base)):
+    for name, row in scores.items():
         print(f"  {name:<22}" + "".join(f"{row[f]:>14.4f}" for f in FRACTIONS))
     print(f"  {'difference':<22}" + "".join(f"{ours[f] - base[f]:>+14.4f}" for f in FRACTIONS))
     if ours[FRACTIONS[0]] <= base[FRACTIONS[0]]:

@@ -142,8 +142,10 @@ def scored_as(cfg: ExperimentConfig, metric: str) -> str:
     return f"{metric}@{f:g}" if metric.startswith("eval/knn_") and f < 1.0 else metric
 
 
-def _knn_eval(cfg: ExperimentConfig, backbone: torch.nn.Module, loaders: dict, parts: dict, device,
-              bank: np.ndarray) -> dict:
+def knn_monitor(cfg: ExperimentConfig, backbone: torch.nn.Module, loaders: dict, parts: dict,
+                bank: np.ndarray, device: torch.device | str = "cpu") -> dict[str, float]:
+    """The kNN monitor: ``val`` against the ``bank`` rows of ``train`` (``monitor_bank``), as
+    ``{"eval/knn_top1": value}`` (``eval/knn_auroc`` for binary and multi-label)."""
     train_p, val_p = parts["train"], parts["val"]
     feats_train = extract_features(backbone, loaders["train"], device, cfg.run.channels_last)[bank]
     feats_val = extract_features(backbone, loaders["val"], device, cfg.run.channels_last)
@@ -226,7 +228,7 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
         final = st.epoch >= cfg.optim.epochs
         knn_due = cfg.eval.knn_every_epochs and st.epoch % cfg.eval.knn_every_epochs == 0
         if is_rank0 and eval_loaders and (knn_due or final):
-            report.update(_knn_eval(cfg, st.model.encoder_q.backbone, eval_loaders, eval_parts, device, bank))
+            report.update(knn_monitor(cfg, st.model.encoder_q.backbone, eval_loaders, eval_parts, bank, device))
         if metrics_log is not None:
             metrics_log.log({k: v for k, v in report.items() if k.startswith("eval/")}, step=st.step)
             metrics_log.log({"train/epoch_loss": report["train/loss"]}, step=st.step)

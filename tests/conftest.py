@@ -9,9 +9,6 @@ import pytest
 import torch
 
 from moco_core.config import ExperimentConfig, load_config
-from moco_core.data import read_dataset
-from moco_core.downstream import label_subset
-from moco_core.evaluate import extract_features, knn_metric
 from moco_core.pipeline import eval_loader
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,14 +53,15 @@ def small_config(root: Path, tmp_path: Path, *overrides: str) -> ExperimentConfi
 
 
 def val_knn(cfg: ExperimentConfig, backbone: torch.nn.Module, fraction: float = 1.0) -> float:
-    """kNN top-1 on val, the bank a stratified, seeded ``fraction`` of the labelled train partition.
-    With few labels (0.05: about 5 per digit) is where pretraining shows (docs/evaluate.md)."""
-    parts = read_dataset(cfg.data.root, partitions=("train", "val"))
-    bank = label_subset(parts["train"], fraction, cfg.run.seed)
-    f_tr = extract_features(backbone, eval_loader(cfg.data, parts["train"]))[bank]
-    f_va = extract_features(backbone, eval_loader(cfg.data, parts["val"]))
-    return knn_metric(f_tr, parts["train"].targets[bank], f_va, parts["val"].targets, "multiclass", 10,
-                      k=cfg.eval.knn_k, t=cfg.eval.knn_t)[1]
+    """What the kNN monitor of a run reports, with ``eval.knn_label_fraction = fraction``. With few labels
+    (0.05: about 5 per digit) is where pretraining shows (docs/evaluate.md)."""
+    from service.train import knn_monitor, monitor_bank, read_partitions
+
+    cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"knn_label_fraction": fraction})})
+    parts = read_partitions(cfg, check_files=False)
+    loaders = {k: eval_loader(cfg.data, p) for k, p in parts.items()}
+    (value,) = knn_monitor(cfg, backbone, loaders, parts, monitor_bank(cfg, parts["train"])).values()
+    return value
 
 
 @pytest.fixture(autouse=True)
