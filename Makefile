@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: setup os-packages demo test clean
+.PHONY: setup os-packages demo test lint clean
 
 setup: $(STAMP)
 
@@ -23,8 +23,13 @@ os-packages:
 demo: $(STAMP)
 	$(BIN)/moco quickstart
 
-test: $(STAMP) os-packages
+# lint first (seconds), then the suite
+test: $(STAMP) os-packages lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

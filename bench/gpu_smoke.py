@@ -24,16 +24,26 @@ from moco_core.config import load_config
 from moco_core.data import read_dataset
 from moco_core.digits import write_digits
 from moco_core.engine import build_train_state, fit
-from moco_core.evaluate import extract_features, knn_metric
+from moco_core.eval import extract_features, knn_metric
 from moco_core.pipeline import eval_loader, pretrain_loader, steps_per_epoch
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _cfg(root: Path, *extra: str):
-    return load_config(REPO / "experiments" / "digits.yaml",
-                       [f"data.root={root}", "data.image_size=32", "data.num_workers=4", "optim.epochs=2",
-                        "optim.batch_size=256", "moco.queue_size=4096", "scaling.use_gpu=true", *extra])
+    return load_config(
+        REPO / "experiments" / "digits.yaml",
+        [
+            f"data.root={root}",
+            "data.image_size=32",
+            "data.num_workers=4",
+            "optim.epochs=2",
+            "optim.batch_size=256",
+            "moco.queue_size=4096",
+            "scaling.use_gpu=true",
+            *extra,
+        ],
+    )
 
 
 def single_gpu(root: Path) -> None:
@@ -51,23 +61,30 @@ def single_gpu(root: Path) -> None:
     def knn(bb):
         f_tr = extract_features(bb, el["train"], dev)
         f_va = extract_features(bb, el["val"], dev)
-        return knn_metric(f_tr, parts["train"].targets, f_va, parts["val"].targets, "multiclass", 10,
-                          k=cfg.eval.knn_k)[1]
+        return knn_metric(
+            f_tr, parts["train"].targets, f_va, parts["val"].targets, "multiclass", 10, k=cfg.eval.knn_k
+        )[1]
 
     torch.manual_seed(0)
     rand = create_backbone(cfg.model.arch, cfg.data.channels, cfg.model.small_image_stem).to(dev)
-    print(f"single GPU ({torch.cuda.get_device_name()}), bf16 autocast, split BN: "
-          f"{hist[-1]['train/images_per_s']:.0f} img/s in the last epoch, {secs:.1f} s for 2 epochs, "
-          f"loss {hist[-1]['train/loss']:.3f}, kNN top-1 {knn(state.model.encoder_q.backbone):.4f} "
-          f"vs random init {knn(rand):.4f}")
+    print(
+        f"single GPU ({torch.cuda.get_device_name()}), bf16 autocast, split BN: "
+        f"{hist[-1]['train/images_per_s']:.0f} img/s in the last epoch, {secs:.1f} s for 2 epochs, "
+        f"loss {hist[-1]['train/loss']:.3f}, kNN top-1 {knn(state.model.encoder_q.backbone):.4f} "
+        f"vs random init {knn(rand):.4f}"
+    )
 
 
 def _nccl_worker(rank: int, world: int, port: int, root: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.cuda.set_device(rank)
     dist.init_process_group("nccl", rank=rank, world_size=world)
-    cfg = _cfg(Path(root), f"scaling.workers={world}", "moco.shuffle_bn=distributed" if world > 1 else
-               "moco.shuffle_bn=off", "optim.epochs=1")
+    cfg = _cfg(
+        Path(root),
+        f"scaling.workers={world}",
+        "moco.shuffle_bn=distributed" if world > 1 else "moco.shuffle_bn=off",
+        "optim.epochs=1",
+    )
     dev = torch.device("cuda", rank)
     parts = read_dataset(root, partitions=("train",))
     loader = pretrain_loader(cfg, parts["train"], rank, world, pin_memory=True)
@@ -81,8 +98,11 @@ def _nccl_worker(rank: int, world: int, port: int, root: str) -> None:
     dist.broadcast(ref, 0)
     same = bool(torch.equal(keys, ref))
     if rank == 0:
-        print(f"NCCL, {world} rank(s), distributed shuffle BN + all-gathered enqueue: loss "
-              f"{hist[-1]['train/loss']:.3f}, {hist[-1]['train/images_per_s']:.0f} img/s, queues identical: {same}")
+        print(
+            f"NCCL, {world} rank(s), distributed shuffle BN + all-gathered enqueue: loss "
+            f"{hist[-1]['train/loss']:.3f}, "
+            f"{hist[-1]['train/images_per_s']:.0f} img/s, queues identical: {same}"
+        )
     dist.destroy_process_group()
 
 

@@ -56,7 +56,9 @@ def measure(args: argparse.Namespace, queue_size: int) -> dict:
     )
     state = build_train_state(cfg, steps_per_epoch=10**6, device=device)
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
-    x_q = torch.randn(args.batch, 3, args.image_size, args.image_size, device=device).contiguous(memory_format=fmt)
+    x_q = torch.randn(args.batch, 3, args.image_size, args.image_size, device=device).contiguous(
+        memory_format=fmt
+    )
     x_k = torch.randn_like(x_q)
     model = state.model
     plain_k = copy.deepcopy(model.encoder_q).requires_grad_(False)  # plain BN: the bare backbone cost
@@ -104,14 +106,20 @@ def main() -> None:
     if args.device == "cuda":
         torch.backends.cudnn.benchmark = True
     rows = [measure(args, k) for k in args.queue_sizes]
-    dev = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
-    print(f"\n{dev}, {args.arch}, {args.image_size}px, batch {args.batch}, precision {args.precision}, "
-          f"shuffle BN {args.shuffle_bn}, channels_last {args.channels_last}\n")
+    dev = (
+        torch.cuda.get_device_name() if args.device == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    )
+    print(
+        f"\n{dev}, {args.arch}, {args.image_size}px, batch {args.batch}, precision {args.precision}, "
+        f"shuffle BN {args.shuffle_bn}, channels_last {args.channels_last}\n"
+    )
     print("| K | MoCo step (ms) | repeat (ms) | backbone passes (ms) | MoCo's own share | images/s |")
     print("|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['queue_size']} | {r['moco_step_ms']:.1f} | {r['moco_step_ms_repeat']:.1f} | "
-              f"{r['backbone_ms']:.1f} | {r['overhead_pct']:.1f} % | {r['images_per_s']:.0f} |")
+        print(
+            f"| {r['queue_size']} | {r['moco_step_ms']:.1f} | {r['moco_step_ms_repeat']:.1f} | "
+            f"{r['backbone_ms']:.1f} | {r['overhead_pct']:.1f} % | {r['images_per_s']:.0f} |"
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": dev, "args": vars(args), "rows": rows}, f, indent=2)

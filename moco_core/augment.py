@@ -19,7 +19,7 @@ brightness and contrast stay.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torchvision.transforms import v2
@@ -62,7 +62,10 @@ def build_pretrain_transform(recipe: str, image_size: int, channels: int) -> Cal
     color = channels == 3
     ops: list[Callable]
     if recipe == "mocov1":
-        ops = [v2.RandomResizedCrop(image_size, scale=(0.2, 1.0), antialias=True), v2.ToDtype(torch.float32, scale=True)]
+        ops = [
+            v2.RandomResizedCrop(image_size, scale=(0.2, 1.0), antialias=True),
+            v2.ToDtype(torch.float32, scale=True),
+        ]
         if color:
             ops.append(v2.RandomGrayscale(p=0.2))
         ops += [_jitter(channels, 0.4, 0.4, 0.4, 0.4), v2.RandomHorizontalFlip()]
@@ -92,12 +95,14 @@ def build_pretrain_transform(recipe: str, image_size: int, channels: int) -> Cal
 def build_eval_transform(image_size: int, channels: int) -> Callable:
     """Deterministic: resize the short side to ``image_size``, center crop, normalise."""
     mean, std = normalization(channels)
-    return v2.Compose([
-        v2.Resize(image_size, antialias=True),
-        v2.CenterCrop(image_size),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(mean, std),
-    ])
+    return v2.Compose(
+        [
+            v2.Resize(image_size, antialias=True),
+            v2.CenterCrop(image_size),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(mean, std),
+        ]
+    )
 
 
 class TwoViews:

@@ -8,7 +8,7 @@ by the MoCo CIFAR demo and by SimCLR's CIFAR experiments.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn

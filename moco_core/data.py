@@ -37,14 +37,17 @@ import math
 import os
 import posixpath
 from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Any, Callable, Iterable, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from PIL import Image
+
+from .errors import UserError
 
 PARTITIONS = ("train", "val", "test")
 LabelKind = Literal["none", "binary", "multilabel", "multiclass"]
@@ -70,7 +73,7 @@ class Fault:
         return f"{loc}: {self.message}" if loc else self.message
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """The dataset cannot be used; ``str()`` lists every fault, one per line."""
 
     def __init__(self, faults: Sequence[Fault], header: str | None = None) -> None:
@@ -173,8 +176,11 @@ def _read_raw(
     if dupes:
         fault(f"duplicate column(s) {dupes} in the header", header_line)
     if "Path" not in header:
-        fault(f"no 'Path' column in the header (columns: {header}); Path holds each image's file "
-              f"path relative to {folder}", header_line)
+        fault(
+            f"no 'Path' column in the header (columns: {header}); Path holds each image's file "
+            f"path relative to {folder}",
+            header_line,
+        )
     if label_columns is None:
         names = [c for c in header if c != "Path"]
     else:
@@ -236,9 +242,15 @@ def _decide_kind(names: list[str], raws: list[_Raw]) -> tuple[LabelKind, list[st
     if len(names) > 1:
         for r, i, j, v in cells:
             if not _is01(v):
-                faults.append(Fault(r.name, r.rows[i], r.shown[i],
-                                    f"label value {v} in column {names[j]}: with several label columns "
-                                    f"every value must be 0 or 1 (multi-label or one-hot)"))
+                faults.append(
+                    Fault(
+                        r.name,
+                        r.rows[i],
+                        r.shown[i],
+                        f"label value {v} in column {names[j]}: with several label columns "
+                        f"every value must be 0 or 1 (multi-label or one-hot)",
+                    )
+                )
         one_hot = all(sum(_num(v) == 1.0 for v in vals) == 1 for r in raws for vals in r.labels)
         return ("multiclass" if one_hot else "multilabel"), (list(names) if one_hot else []), faults
     values = [v for *_, v in cells]
@@ -248,9 +260,15 @@ def _decide_kind(names: list[str], raws: list[_Raw]) -> tuple[LabelKind, list[st
     if all(_num(v) is not None for v in values) and n01 >= BINARY_MAJORITY * len(values):
         for r, i, _, v in cells:
             if not _is01(v):
-                faults.append(Fault(r.name, r.rows[i], r.shown[i],
-                                    f"label value {v} in binary column {names[0]} ({n01} of {len(values)} "
-                                    f"values are 0/1; fix this value or drop the row)"))
+                faults.append(
+                    Fault(
+                        r.name,
+                        r.rows[i],
+                        r.shown[i],
+                        f"label value {v} in binary column {names[0]} ({n01} of {len(values)} "
+                        f"values are 0/1; fix this value or drop the row)",
+                    )
+                )
         return "binary", [], faults
     return "multiclass", _class_names(values), faults
 
@@ -301,8 +319,14 @@ def _read_all(
     names = raws[0].label_names
     for raw in raws[1:]:
         if sorted(raw.label_names) != sorted(names):
-            faults.append(Fault(raw.name, 1, None, f"label columns {raw.label_names} differ from "
-                                                   f"{raws[0].name}.csv's {names}"))
+            faults.append(
+                Fault(
+                    raw.name,
+                    1,
+                    None,
+                    f"label columns {raw.label_names} differ from {raws[0].name}.csv's {names}",
+                )
+            )
         else:
             order = [raw.label_names.index(c) for c in names]
             raw.labels = [[v[k] for k in order] for v in raw.labels]
@@ -311,8 +335,17 @@ def _read_all(
     kind, classes, f = _decide_kind(names, raws)
     faults += f
     out = {
-        x.name: Partition(x.name, x.folder, x.csv_path, x.rows, [x.folder / q for q in x.rel], list(names),
-                          kind, classes, _targets(x, kind, classes))
+        x.name: Partition(
+            x.name,
+            x.folder,
+            x.csv_path,
+            x.rows,
+            [x.folder / q for q in x.rel],
+            list(names),
+            kind,
+            classes,
+            _targets(x, kind, classes),
+        )
         for x in raws
     }
     return out, faults
@@ -362,8 +395,9 @@ def _open(path: str | Path) -> Image.Image:
             im.load()
             return im.copy()
     except Exception as e:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBombError...
-        raise DataError([Fault("", None, str(path), f"cannot decode image ({type(e).__name__}: {e})")],
-                        "unreadable image") from None
+        raise DataError(
+            [Fault("", None, str(path), f"cannot decode image ({type(e).__name__}: {e})")], "unreadable image"
+        ) from None
 
 
 def load_image(path: str | Path, channels: int) -> torch.Tensor:
@@ -400,8 +434,9 @@ def load_image(path: str | Path, channels: int) -> torch.Tensor:
 class ImageDataset(torch.utils.data.Dataset):
     """``(image, index)`` of a partition; ``image`` is ``transform(uint8 (C,H,W))`` or the raw tensor."""
 
-    def __init__(self, partition: Partition, channels: int, transform: Callable | None = None,
-                 cache: bool = False) -> None:
+    def __init__(
+        self, partition: Partition, channels: int, transform: Callable | None = None, cache: bool = False
+    ) -> None:
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, not {channels}")
         self.partition, self.channels, self.transform = partition, channels, transform
@@ -415,8 +450,10 @@ class ImageDataset(torch.utils.data.Dataset):
         try:
             return load_image(p.paths[i], self.channels)
         except DataError as e:
-            raise DataError([Fault(p.name, p.rows[i], p.relpath(i), e.faults[0].message)],
-                            f"unreadable image in partition {p.name!r}") from None
+            raise DataError(
+                [Fault(p.name, p.rows[i], p.relpath(i), e.faults[0].message)],
+                f"unreadable image in partition {p.name!r}",
+            ) from None
 
     def __getitem__(self, i: int) -> tuple[Any, int]:
         img = self._cache[i] if self._cache is not None else None
@@ -428,6 +465,7 @@ class ImageDataset(torch.utils.data.Dataset):
 
     def preload(self) -> None:
         """Decode every image once into memory (call before DataLoader workers fork)."""
+
         def one(i: int) -> torch.Tensor | Fault:
             try:
                 return self._decode(i)
@@ -465,7 +503,9 @@ class ValidationReport:
             where += f" (CSVs in {self.summary['splits_dir']})"
         if self.faults:
             n = len(self.faults)
-            return "\n".join([f"{where}: {n} problem{'s' if n != 1 else ''}:"] + [f"  {f}" for f in self.faults])
+            return "\n".join(
+                [f"{where}: {n} problem{'s' if n != 1 else ''}:"] + [f"  {f}" for f in self.faults]
+            )
         lines = [f"{where}: OK"]
         for name in PARTITIONS:
             s = self.summary.get(name)
@@ -477,7 +517,9 @@ class ValidationReport:
             if s["classes"]:
                 line += f", {len(s['classes'])} classes"
             if s["min_size"]:
-                line += f", sizes {s['min_size'][0]}x{s['min_size'][1]} .. {s['max_size'][0]}x{s['max_size'][1]}"
+                line += (
+                    f", sizes {s['min_size'][0]}x{s['min_size'][1]} .. {s['max_size'][0]}x{s['max_size'][1]}"
+                )
             if s["modes"]:
                 line += ", modes " + " ".join(f"{m}:{c}" for m, c in sorted(s["modes"].items()))
             lines.append(line)
@@ -518,7 +560,7 @@ def validate_dataset(
         if decode:
             todo = [i for i in range(len(p)) if p.paths[i].is_file()]
             with ThreadPoolExecutor(_THREADS) as ex:
-                results = list(ex.map(lambda i: _probe(p.paths[i]), todo))
+                results = list(ex.map(_probe, [p.paths[i] for i in todo]))
             for i, res in zip(todo, results):
                 if isinstance(res, str):
                     faults.append(Fault(name, p.rows[i], p.relpath(i), res))
@@ -554,6 +596,15 @@ def dataset_fingerprint(partition: Partition) -> str:
 
 
 __all__ = [
-    "PARTITIONS", "Fault", "DataError", "Partition", "read_partition", "read_dataset", "load_image",
-    "ImageDataset", "ValidationReport", "validate_dataset", "dataset_fingerprint",
+    "PARTITIONS",
+    "Fault",
+    "DataError",
+    "Partition",
+    "read_partition",
+    "read_dataset",
+    "load_image",
+    "ImageDataset",
+    "ValidationReport",
+    "validate_dataset",
+    "dataset_fingerprint",
 ]

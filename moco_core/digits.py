@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from .data import PARTITIONS
+from .errors import UserError
 
 MARKER = ".moco-digits.json"
 
@@ -28,19 +29,23 @@ def _is_digits_dataset(out: Path) -> bool:
         return False
 
 
+class OutputFolderError(UserError, FileExistsError):
+    """The digits cannot be written where asked (a file, or a folder holding something else)."""
+
+
 def write_digits(out: str | Path, image_size: int = 32, seed: int = 0) -> dict[str, int]:
     """Write the digits dataset to ``out``; returns the number of images per partition."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
     if not 8 <= image_size <= 1024:
-        raise ValueError(f"image_size must be between 8 and 1024, not {image_size}")
+        raise UserError(f"--image-size must be between 8 and 1024, not {image_size}")
     out = Path(out).expanduser()
     if out.exists() and not out.is_dir():
-        raise FileExistsError(f"{out} exists and is not a folder; choose another output folder")
+        raise OutputFolderError(f"{out} exists and is not a folder; choose another output folder")
     if out.is_dir() and any(out.iterdir()):
         if not _is_digits_dataset(out):
-            raise FileExistsError(
+            raise OutputFolderError(
                 f"{out} is not empty and is not a digits dataset written by this tool "
                 f"(no {MARKER}); refusing to write into it: choose an empty or new folder"
             )

@@ -1,6 +1,6 @@
 """Training: one step, one epoch, and the epoch loop. Objects in, metric dicts out; no I/O policy.
 
-The Ray Train worker (``service.train``) and the single-process tests share this loop; they differ
+The Ray Train worker (``service.pretrain.worker``) and the single-process tests share this loop; they differ
 only in the hooks they pass (checkpoint, report, log).
 """
 
@@ -9,8 +9,9 @@ from __future__ import annotations
 import contextlib
 import random
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,6 +19,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
 from .config import ExperimentConfig
+from .errors import UserError
 from .loss import info_nce
 from .model import MoCo, build_moco
 from .schedules import lr_factor, momentum_at
@@ -25,7 +27,7 @@ from .schedules import lr_factor, momentum_at
 StepHook = Callable[[dict[str, float]], None]
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError, RuntimeError):
     """The loss became NaN or infinite; training stops and the last checkpoint stays as it was."""
 
 
@@ -39,7 +41,6 @@ class TrainState:
     steps_per_epoch: int
     epoch: int = 0  # epochs completed
     step: int = 0  # optimizer steps completed
-    extra: dict[str, Any] = field(default_factory=dict)  # e.g. the tracking run id
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -50,7 +51,6 @@ class TrainState:
             "epoch": self.epoch,
             "step": self.step,
             "rng": rng_state(),
-            "extra": dict(self.extra),
         }
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
@@ -58,7 +58,6 @@ class TrainState:
         self.optimizer.load_state_dict(d["optimizer"])
         self.scheduler.load_state_dict(d["scheduler"])
         self.epoch, self.step = int(d["epoch"]), int(d["step"])
-        self.extra = dict(d.get("extra", {}))
         set_rng_state(d["rng"])
 
 

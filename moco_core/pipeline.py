@@ -9,7 +9,7 @@ all-gather before enqueue need that).
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -22,7 +22,9 @@ from .data import ImageDataset, Partition
 class ShardSampler(Sampler[tuple[int, int]]):
     """Yields ``(index, epoch)`` pairs of this rank's shard of a seeded per-epoch permutation."""
 
-    def __init__(self, n: int, rank: int = 0, world_size: int = 1, seed: int = 0, shuffle: bool = True) -> None:
+    def __init__(
+        self, n: int, rank: int = 0, world_size: int = 1, seed: int = 0, shuffle: bool = True
+    ) -> None:
         if n < world_size:
             raise ValueError(f"{n} images cannot be sharded over {world_size} workers")
         self.n, self.rank, self.world, self.seed, self.shuffle = n, rank, world_size, seed, shuffle
@@ -105,7 +107,10 @@ def pretrain_loader(
 
 
 def eval_loader(
-    data: DataConfig, partition: Partition, batch_size: int = 256, pin_memory: bool = False,
+    data: DataConfig,
+    partition: Partition,
+    batch_size: int = 256,
+    pin_memory: bool = False,
     transform: Callable | None = None,
 ) -> DataLoader:
     """Deterministic, non-augmented batches of ``(image, index)`` in CSV order.
@@ -114,7 +119,9 @@ def eval_loader(
     passes its own (the same, with the normalisation recorded in its package).
     """
     images = ImageDataset(
-        partition, data.channels, transform=transform or build_eval_transform(data.image_size, data.channels),
+        partition,
+        data.channels,
+        transform=transform or build_eval_transform(data.image_size, data.channels),
         cache=data.cache_decoded,
     )
     if data.cache_decoded:
@@ -145,4 +152,11 @@ def queue_size_warning(n_images: int, cfg: ExperimentConfig) -> str | None:
     )
 
 
-__all__ = ["ShardSampler", "PretrainViews", "pretrain_loader", "eval_loader", "steps_per_epoch", "queue_size_warning"]
+__all__ = [
+    "ShardSampler",
+    "PretrainViews",
+    "pretrain_loader",
+    "eval_loader",
+    "steps_per_epoch",
+    "queue_size_warning",
+]

@@ -10,10 +10,13 @@ one worker's local disk). S3-compatible stores (MinIO) are reached with the usua
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
+from moco_core.errors import UserError
 
-class StorageError(RuntimeError):
+
+class StorageError(UserError, RuntimeError):
     """``run.storage_path`` cannot be used; the message names the path."""
 
 
@@ -42,14 +45,22 @@ def _fs(uri: str):
         ) from None
 
 
+def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """``write(tmp)`` a file beside ``path``, then rename it over ``path``: a reader sees the old file
+    or the new one, never half of one (and a crash leaves no partial file behind)."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_text(path: str, text: str) -> None:
     """Write ``text`` to ``path`` (parent folders created); atomic for local folders."""
     if not is_uri(path):
-        p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
-        tmp.write_text(text)
-        tmp.replace(p)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(Path(path), lambda tmp: tmp.write_text(text))
         return
     fs, inner = _fs(path)
     try:
@@ -97,4 +108,4 @@ def list_dirs(path: str) -> list[str]:
     return sorted(i.base_name for i in infos if i.type == pyarrow.fs.FileType.Directory)
 
 
-__all__ = ["StorageError", "is_uri", "join", "write_text", "read_text", "exists", "list_dirs"]
+__all__ = ["StorageError", "write_atomic", "is_uri", "join", "write_text", "read_text", "exists", "list_dirs"]

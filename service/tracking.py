@@ -1,25 +1,28 @@
-"""MLflow tracking: URI resolution, one run per training run, params, metrics with retry, plots.
+"""The project's one MLflow convention: a tracking URI resolved once, then an explicit client of it.
 
-Only the driver and the rank-0 worker talk to MLflow. Metrics are buffered and sent in batches; a
-failed send keeps the buffer and is retried at the next flush, so an MLflow outage mid-run costs
-no metric. A restarted worker skips the steps the run already has, so a run resumed from a
-checkpoint has neither gaps nor duplicate steps.
+Every function that talks to MLflow takes the URI (or a client made by :func:`client`); nothing reads
+or sets MLflow's global tracking URI, except :func:`fluent_uri` around the one fluent call MLflow has no
+client form of. Only the driver and the rank-0 worker talk to MLflow: one run per training run (a sweep
+is a parent run with a child per trial), the whole config as params and ``config.yaml``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import Metric, Param
+from mlflow.entities import Param
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from moco_core.config import ExperimentConfig, dump_yaml
+from moco_core.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +30,7 @@ DEFAULT_URI_FILE = "mlflow.db"
 MAX_PARAM_LEN = 6000
 
 
-class TrackingError(RuntimeError):
+class TrackingError(UserError, RuntimeError):
     """MLflow cannot be used; the message names the URI."""
 
 
@@ -48,6 +51,35 @@ def resolve_tracking_uri(cfg_uri: str | None, cwd: str | Path | None = None) -> 
     return uri
 
 
+def client(uri: str) -> MlflowClient:
+    """A client of the store at ``uri`` (tracking and model registry alike)."""
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def mlflow_errors() -> tuple[type[BaseException], ...]:
+    """What the MLflow client raises when the store answers "no such object"."""
+    return (MlflowException,)
+
+
+def store_errors() -> tuple[type[BaseException], ...]:
+    """What a lookup or download that finds nothing raises: MlflowException or OSError, by store."""
+    return (MlflowException, OSError)
+
+
+@contextlib.contextmanager
+def fluent_uri(uri: str) -> Iterator[None]:
+    """MLflow's fluent API (``mlflow.pytorch.log_model``) reads the global tracking URI: point it at
+    ``uri`` for the block, then back to what it was."""
+    import mlflow
+
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
 def is_local_uri(uri: str) -> bool:
     return uri.startswith(("sqlite:", "file:")) or "://" not in uri
 
@@ -63,7 +95,9 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
             if e.code in (401, 403):  # auth-protected server: reachable; credentials are checked next
                 pass
             else:
-                raise TrackingError(f"MLflow tracking server {uri} answered HTTP {e.code} on /health") from None
+                raise TrackingError(
+                    f"MLflow tracking server {uri} answered HTTP {e.code} on /health"
+                ) from None
         except (urllib.error.URLError, OSError) as e:
             reason = getattr(e, "reason", e)
             raise TrackingError(
@@ -75,7 +109,7 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
         if not folder.is_dir():
             raise TrackingError(f"MLflow tracking URI {uri}: folder {folder} does not exist")
     try:
-        MlflowClient(uri).search_experiments(max_results=1)
+        client(uri).search_experiments(max_results=1)
     except Exception as e:  # noqa: BLE001 - any store failure is reported with the URI, then re-raised
         raise TrackingError(f"MLflow tracking URI {uri} cannot be used: {type(e).__name__}: {e}") from e
 
@@ -101,127 +135,46 @@ def start_run(
     parent_run_id: str | None = None,
 ) -> str:
     """Create the MLflow run of a training run: the whole config as params and ``config.yaml``."""
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(cfg.tracking.experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(
-        cfg.tracking.experiment, artifact_location=default_artifact_location(uri)
+    store = client(uri)
+    exp = store.get_experiment_by_name(cfg.tracking.experiment)
+    exp_id = (
+        exp.experiment_id
+        if exp
+        else store.create_experiment(
+            cfg.tracking.experiment, artifact_location=default_artifact_location(uri)
+        )
     )
     all_tags = {"mlflow.runName": run_name, "moco.name": cfg.name, **(tags or {})}
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
-    run = client.create_run(exp_id, run_name=run_name, tags=all_tags)
+    run = store.create_run(exp_id, run_name=run_name, tags=all_tags)
     run_id = run.info.run_id
     params = [Param(k, _param_value(v)) for k, v in sorted(cfg.flat().items())]
     for i in range(0, len(params), 100):
-        client.log_batch(run_id, params=params[i : i + 100])
-    client.log_text(run_id, dump_yaml(cfg), "config.yaml")
+        store.log_batch(run_id, params=params[i : i + 100])
+    store.log_text(run_id, dump_yaml(cfg), "config.yaml")
     return run_id
 
 
 def set_status(uri: str, run_id: str, status: str) -> None:
     """``RUNNING``, ``FINISHED``, ``FAILED`` or ``KILLED``."""
-    client = MlflowClient(uri)
+    store = client(uri)
     if status == "RUNNING":
-        client.update_run(run_id, status="RUNNING")
+        store.update_run(run_id, status="RUNNING")
     else:
-        client.set_terminated(run_id, status=status)
-
-
-class MetricLogger:
-    """Buffered metric logging to one run, with retry and resume de-duplication."""
-
-    def __init__(self, uri: str, run_id: str, flush_every_s: float = 10.0) -> None:
-        self.client = MlflowClient(uri)
-        self.uri, self.run_id, self.flush_every_s = uri, run_id, flush_every_s
-        self.buffer: list[Metric] = []
-        self.last_flush = time.monotonic()
-        self.failing = False
-        self.logged_upto: dict[str, int] = {}
-        try:
-            for key in self.client.get_run(run_id).data.metrics:
-                hist = self.client.get_metric_history(run_id, key)
-                self.logged_upto[key] = max((m.step for m in hist), default=-1)
-        except Exception as e:  # noqa: BLE001 - unreachable now: log anyway, retried later
-            log.warning("MLflow %s: could not read metric history of run %s: %s", uri, run_id, e)
-
-    def log(self, metrics: dict[str, float], step: int) -> None:
-        ts = int(time.time() * 1000)
-        for k, v in metrics.items():
-            if step <= self.logged_upto.get(k, -1):
-                continue  # already in the run (logged before a restart)
-            self.buffer.append(Metric(k, float(v), ts, step))
-        if time.monotonic() - self.last_flush >= self.flush_every_s:
-            self.flush()
-
-    def flush(self) -> bool:
-        """Send the buffer; keep it on failure. Returns True when nothing is left to send."""
-        self.last_flush = time.monotonic()
-        while self.buffer:
-            batch = self.buffer[:1000]
-            try:
-                self.client.log_batch(self.run_id, metrics=batch)
-            except Exception as e:  # noqa: BLE001 - keep training; metrics stay buffered
-                if not self.failing:
-                    log.error("MLflow %s unreachable, %d metrics kept for retry: %s", self.uri, len(self.buffer), e)
-                self.failing = True
-                return False
-            del self.buffer[: len(batch)]
-            for m in batch:
-                self.logged_upto[m.key] = max(self.logged_upto.get(m.key, -1), m.step)
-        if self.failing:
-            log.warning("MLflow %s reachable again; buffered metrics sent", self.uri)
-        self.failing = False
-        return True
-
-
-def log_plots(uri: str, run_id: str, out_dir: str | Path) -> list[Path]:
-    """Loss, learning-rate and kNN curves as PNG artifacts under ``plots/``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    client = MlflowClient(uri)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    keys = list(client.get_run(run_id).data.metrics)
-    for key, fname in [
-        ("train/loss", "loss.png"),
-        ("train/lr", "lr.png"),
-        ("eval/knn_top1", "knn.png"),
-        ("eval/knn_auroc", "knn.png"),
-    ]:
-        if key not in keys:
-            continue
-        hist = sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)
-        fig, ax = plt.subplots(figsize=(6, 4))
-        ax.plot([m.step for m in hist], [m.value for m in hist], marker="o" if len(hist) < 50 else None)
-        ax.set_xlabel("step")
-        ax.set_ylabel(key)
-        ax.set_title(key)
-        ax.grid(alpha=0.3)
-        path = out_dir / fname
-        fig.tight_layout()
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        client.log_artifact(run_id, str(path), "plots")
-        written.append(path)
-    return written
-
-
-def run_status(uri: str, run_id: str) -> str:
-    return MlflowClient(uri).get_run(run_id).info.status
+        store.set_terminated(run_id, status=status)
 
 
 __all__ = [
     "TrackingError",
     "resolve_tracking_uri",
+    "client",
+    "mlflow_errors",
+    "store_errors",
+    "fluent_uri",
     "is_local_uri",
     "check_reachable",
+    "default_artifact_location",
     "start_run",
     "set_status",
-    "MetricLogger",
-    "log_plots",
-    "run_status",
 ]

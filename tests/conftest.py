@@ -55,10 +55,11 @@ def small_config(root: Path, tmp_path: Path, *overrides: str) -> ExperimentConfi
 def val_knn(cfg: ExperimentConfig, backbone: torch.nn.Module, fraction: float = 1.0) -> float:
     """What the kNN monitor of a run reports, with ``eval.knn_label_fraction = fraction``. With few labels
     (0.05: about 5 per digit) is where pretraining shows (docs/evaluate.md)."""
-    from service.train import knn_monitor, monitor_bank, read_partitions
+    from moco_core.data import read_dataset
+    from moco_core.monitor import knn_monitor, monitor_bank
 
     cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"knn_label_fraction": fraction})})
-    parts = read_partitions(cfg, check_files=False)
+    parts = read_dataset(cfg.data.root, cfg.data.splits_dir, cfg.data.label_columns, ("train", "val"), False)
     loaders = {k: eval_loader(cfg.data, p) for k, p in parts.items()}
     (value,) = knn_monitor(cfg, backbone, loaders, parts, monitor_bank(cfg, parts["train"])).values()
     return value

@@ -16,8 +16,9 @@ from .conftest import REPO
 
 
 def test_help_lists_every_command():
-    out = subprocess.run([sys.executable, "-m", "service.cli", "--help"], capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "service.cli", "--help"], capture_output=True, text=True, check=True
+    ).stdout
     for cmd in ("quickstart", "data", "pretrain", "tune", "evaluate", "encoders", "submit", "jobs"):
         assert re.search(rf"^\s+{cmd}\s", out, re.M), f"{cmd} missing from moco --help"
 
@@ -44,8 +45,16 @@ def test_validate_lists_every_fault_and_exits_1(tmp_path, capsys):
 
 
 def test_pretrain_config_error_exits_1_before_ray(tmp_path, capsys):
-    code = main(["pretrain", str(REPO / "experiments" / "digits.yaml"), "--set", "moco.momentum=1.5",
-                 "--set", f"run.storage_path={tmp_path / 'runs'}"])
+    code = main(
+        [
+            "pretrain",
+            str(REPO / "experiments" / "digits.yaml"),
+            "--set",
+            "moco.momentum=1.5",
+            "--set",
+            f"run.storage_path={tmp_path / 'runs'}",
+        ]
+    )
     assert code == EXIT_FAIL
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "moco.momentum" in err and "Traceback" not in err
@@ -53,7 +62,10 @@ def test_pretrain_config_error_exits_1_before_ray(tmp_path, capsys):
 
 
 def test_pretrain_unknown_key_and_missing_file(tmp_path, capsys):
-    assert main(["pretrain", str(REPO / "experiments" / "digits.yaml"), "--set", "moco.tempreature=0.2"]) == EXIT_FAIL
+    assert (
+        main(["pretrain", str(REPO / "experiments" / "digits.yaml"), "--set", "moco.tempreature=0.2"])
+        == EXIT_FAIL
+    )
     assert "moco.tempreature: unknown key" in capsys.readouterr().err
     assert main(["pretrain", str(tmp_path / "nope.yaml")]) == EXIT_FAIL
     assert "experiment file not found" in capsys.readouterr().err
@@ -65,8 +77,16 @@ class _Terminal(io.StringIO):
 
 
 def _record(step: int, kind: str = "step") -> dict:
-    return {"epoch": 0, "epochs": 2, "step": step, "total_steps": 10, "train/loss": 5.25,
-            "train/images_per_s": 312.4, "eta_s": 130, "kind": kind}
+    return {
+        "epoch": 0,
+        "epochs": 2,
+        "step": step,
+        "total_steps": 10,
+        "train/loss": 5.25,
+        "train/images_per_s": 312.4,
+        "eta_s": 130,
+        "kind": kind,
+    }
 
 
 def test_progress_is_one_live_line_on_a_terminal():

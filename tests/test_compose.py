@@ -22,7 +22,9 @@ SERVICES = {"postgres", "minio", "buckets", "mlflow", "ray-head", "ray-worker"}
 def compose_config(*files: Path, env_file: Path) -> subprocess.CompletedProcess:
     exe = shutil.which("docker-compose")
     if exe is None:
-        pytest.skip("docker-compose not installed (`make test` installs Debian's docker-compose where apt-get can)")
+        pytest.skip(
+            "docker-compose not installed (`make test` installs Debian's docker-compose where apt-get can)"
+        )
     args = [exe, "--env-file", str(env_file)]
     for f in files:
         args += ["-f", str(f)]
@@ -54,7 +56,9 @@ def test_compose_security_defaults(stack):
     published = [p for s in services.values() for p in s.get("ports", [])]
     assert published and all(str(p).startswith("127.0.0.1:") for p in published), published
     assert any(":8265:8265" in str(p) for p in services["ray-head"]["ports"])
-    example = dict(line.split("=", 1) for line in ENV_EXAMPLE.read_text().splitlines() if re.match(r"^[A-Z_]+=", line))
+    example = dict(
+        line.split("=", 1) for line in ENV_EXAMPLE.read_text().splitlines() if re.match(r"^[A-Z_]+=", line)
+    )
     for node in ("ray-head", "ray-worker"):
         env = services[node]["environment"]
         assert env["RAY_AUTH_MODE"] == "token"
@@ -75,11 +79,15 @@ def test_compose_files_hold_no_secrets():
     for name, service in doc["services"].items():
         for key, value in (service.get("environment") or {}).items():
             if secretish.search(key):
-                assert re.fullmatch(r"\$\{[A-Z_]+:\?[^}]+\}", str(value)), f"{name}: {key} is not from the env file"
+                assert re.fullmatch(r"\$\{[A-Z_]+:\?[^}]+\}", str(value)), (
+                    f"{name}: {key} is not from the env file"
+                )
                 checked += 1
     assert checked >= 10
     store = doc["services"]["mlflow"]["environment"]["MLFLOW_BACKEND_STORE_URI"]
-    assert re.match(r"postgresql\+psycopg2://mlflow:\$\{POSTGRES_PASSWORD:\?[^}]+\}@postgres:5432/mlflow$", store)
+    assert re.match(
+        r"postgresql\+psycopg2://mlflow:\$\{POSTGRES_PASSWORD:\?[^}]+\}@postgres:5432/mlflow$", store
+    )
     required = set(re.findall(r"\$\{([A-Z_]+):\?", raw))
     example = ENV_EXAMPLE.read_text()
     assert required and all(re.search(rf"^{name}=", example, re.M) for name in required), required
@@ -97,7 +105,9 @@ def test_compose_refuses_to_start_without_credentials(tmp_path):
 def test_compose_gpu_override():
     out = compose_config(COMPOSE, DOCKER / "compose.gpu.yaml", env_file=ENV_EXAMPLE)
     assert out.returncode == 0, out.stderr
-    devices = yaml.safe_load(out.stdout)["services"]["ray-worker"]["deploy"]["resources"]["reservations"]["devices"]
+    devices = yaml.safe_load(out.stdout)["services"]["ray-worker"]["deploy"]["resources"]["reservations"][
+        "devices"
+    ]
     assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
 
 
@@ -105,7 +115,9 @@ def test_dockerfiles():
     ray = (DOCKER / "Dockerfile").read_text()
     assert re.search(r"^ARG RAY_IMAGE=rayproject/ray:2\.60\.0-py311-cu12\d$", ray, re.M)
     assert "FROM ${RAY_IMAGE}" in ray and "-c constraints.txt" in ray
-    pins = dict(line.split("==") for line in (REPO / "constraints.txt").read_text().splitlines() if "==" in line)
+    pins = dict(
+        line.split("==") for line in (REPO / "constraints.txt").read_text().splitlines() if "==" in line
+    )
     server = (DOCKER / "mlflow.Dockerfile").read_text()
     assert f"mlflow=={pins['mlflow']}" in server and f"psycopg2-binary=={pins['psycopg2-binary']}" in server
     assert ".venv" in (REPO / ".dockerignore").read_text().splitlines()
@@ -131,8 +143,11 @@ def test_kuberay_rayjob_manifest():
         assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
         container = group["template"]["spec"]["containers"][0]
         assert int(container["resources"]["limits"]["nvidia.com/gpu"]) >= 1
-    for c in [head_container, *(g["template"]["spec"]["containers"][0] for g in workers),
-              spec["submitterPodTemplate"]["spec"]["containers"][0]]:
+    for c in [
+        head_container,
+        *(g["template"]["spec"]["containers"][0] for g in workers),
+        spec["submitterPodTemplate"]["spec"]["containers"][0],
+    ]:
         env = {e["name"]: e for e in c["env"]}
         assert env["RAY_AUTH_MODE"]["value"] == "token"
         assert "secretKeyRef" in env["RAY_AUTH_TOKEN"]["valueFrom"]  # the token lives in a Secret

@@ -21,8 +21,10 @@ def test_paper_hyperparameters():
 
 
 def test_overrides_are_typed_and_validated():
-    cfg = load_config(REPO / "experiments" / "digits.yaml", ["moco.temperature=0.5", "optim.epochs=3",
-                                                              "moco.shuffle_bn=off", "data.label_columns=[digit]"])
+    cfg = load_config(
+        REPO / "experiments" / "digits.yaml",
+        ["moco.temperature=0.5", "optim.epochs=3", "moco.shuffle_bn=off", "data.label_columns=[digit]"],
+    )
     assert cfg.moco.temperature == 0.5 and cfg.optim.epochs == 3 and cfg.moco.shuffle_bn == "off"
     assert cfg.data.label_columns == ["digit"]
 
@@ -81,8 +83,10 @@ def test_core_never_imports_ray_or_mlflow():
     import subprocess
     import sys
 
-    code = ("import sys, pkgutil, importlib, moco_core\n"
-            "for m in pkgutil.iter_modules(moco_core.__path__): importlib.import_module('moco_core.' + m.name)\n"
-            "bad = [n for n in sys.modules if n.split('.')[0] in ('ray', 'mlflow')]\n"
-            "assert not bad, bad\n")
+    code = (
+        "import sys, pkgutil, importlib, moco_core\n"
+        "for m in pkgutil.iter_modules(moco_core.__path__): importlib.import_module('moco_core.' + m.name)\n"
+        "bad = [n for n in sys.modules if n.split('.')[0] in ('ray', 'mlflow')]\n"
+        "assert not bad, bad\n"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -157,7 +157,9 @@ def test_label_kind_one_hot_multiclass(tmp_path):
 
 def test_label_kind_single_column_multiclass_ints_sort_numerically(tmp_path):
     values = {"train": [10, 2, 0, 1, 2, 10], "val": [0, 1, 2], "test": [10, 2, 1]}
-    root = make_dataset(tmp_path, header=["Path", "digit"], labels={p: [[v] for v in values[p]] for p in PARTITIONS})
+    root = make_dataset(
+        tmp_path, header=["Path", "digit"], labels={p: [[v] for v in values[p]] for p in PARTITIONS}
+    )
     parts = read_dataset(root)
     assert parts["train"].label_kind == "multiclass"
     assert parts["train"].classes == ["0", "1", "2", "10"]  # not "10" before "2"
@@ -167,7 +169,9 @@ def test_label_kind_single_column_multiclass_ints_sort_numerically(tmp_path):
 
 def test_label_kind_single_column_strings_share_classes_across_partitions(tmp_path):
     values = {"train": ["dog", "cat", "emu", "dog", "cat", "emu"], "val": ["emu"] * 3, "test": ["cat"] * 3}
-    root = make_dataset(tmp_path, header=["Path", "animal"], labels={p: [[v] for v in values[p]] for p in PARTITIONS})
+    root = make_dataset(
+        tmp_path, header=["Path", "animal"], labels={p: [[v] for v in values[p]] for p in PARTITIONS}
+    )
     parts = read_dataset(root)
     assert parts["val"].classes == parts["test"].classes == ["cat", "dog", "emu"]
     assert parts["val"].targets.tolist() == [2, 2, 2]  # the same index as in train, decided jointly

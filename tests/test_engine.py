@@ -27,14 +27,21 @@ def test_single_process_training_beats_random_init(digits_root, tmp_path):
     torch.manual_seed(cfg.run.seed)
     random_init = create_backbone(cfg.model.arch, cfg.data.channels, cfg.model.small_image_stem)
     trained, base = val_knn(cfg, state.model.encoder_q.backbone, 0.05), val_knn(cfg, random_init, 0.05)
-    print(f"kNN top-1 (k={cfg.eval.knn_k}, 5 % of the labels) on val: trained {trained:.4f}, random init {base:.4f}")
+    print(
+        f"kNN top-1 (k={cfg.eval.knn_k}, 5 % of the labels) on val: "
+        f"trained {trained:.4f}, random init {base:.4f}"
+    )
     assert trained > base + 0.03
 
 
 def test_non_finite_loss_raises_before_any_update():
     cfg = ExperimentConfig.model_validate(
-        {"data": {"image_size": 8, "channels": 1}, "moco": {"queue_size": 16, "split_bn_groups": 2},
-         "optim": {"batch_size": 4, "epochs": 1}, "run": {"channels_last": False}}
+        {
+            "data": {"image_size": 8, "channels": 1},
+            "moco": {"queue_size": 16, "split_bn_groups": 2},
+            "optim": {"batch_size": 4, "epochs": 1},
+            "run": {"channels_last": False},
+        }
     )
     state = build_train_state(cfg, steps_per_epoch=1)
     before = {k: v.detach().clone() for k, v in state.model.named_parameters()}
@@ -53,8 +60,9 @@ def test_checkpoint_round_trip_continues_identically(digits_root, tmp_path):
     import io
 
     torch.set_num_threads(1)
-    cfg = small_config(digits_root, tmp_path, "optim.epochs=2", "run.max_steps_per_epoch=2",
-                       "moco.queue_size=40")
+    cfg = small_config(
+        digits_root, tmp_path, "optim.epochs=2", "run.max_steps_per_epoch=2", "moco.queue_size=40"
+    )
     parts = read_dataset(digits_root, partitions=("train",))
     spe = steps_per_epoch(len(parts["train"]), cfg)
 

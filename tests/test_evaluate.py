@@ -16,13 +16,22 @@ import torch
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
+from moco_core.checkpoint import backbone_from_checkpoint, load_checkpoint
 from moco_core.data import load_image, read_dataset
-from moco_core.downstream import EvaluationError, label_subset
-from moco_core.evaluate import auroc, bootstrap_ci, extract_features, per_label_auroc, roc_curve, task_score
+from moco_core.eval import (
+    EvaluationError,
+    auroc,
+    bootstrap_ci,
+    extract_features,
+    label_subset,
+    per_label_auroc,
+    roc_curve,
+    task_score,
+)
 from moco_core.pipeline import eval_loader
 from service.cli import EXIT_FAIL, EXIT_OK, main
+from service.pretrain import pretrain
 from service.registry import ENCODER_JSON, WEIGHTS, load_encoder
-from service.train import backbone_from_checkpoint, load_checkpoint_dict, pretrain
 
 from .conftest import small_config
 
@@ -47,8 +56,9 @@ def _relabel(root: Path, out: Path, header: list[str], label) -> Path:
     for part in ("train", "val", "test"):
         with open(root / f"{part}.csv", newline="") as fh:
             rows = list(csv.DictReader(fh))
-        _write_csv(out / f"{part}.csv", ["Path", *header],
-                   [[r["Path"], *label(part, int(r["digit"]))] for r in rows])
+        _write_csv(
+            out / f"{part}.csv", ["Path", *header], [[r["Path"], *label(part, int(r["digit"]))] for r in rows]
+        )
     return out
 
 
@@ -109,12 +119,17 @@ def test_label_fractions_are_stratified_and_seeded(digits_root):
     train = read_dataset(digits_root, partitions=("train",))["train"]
     counts = np.bincount(train.targets)
     idx = label_subset(train, 0.1, seed=3)
-    assert list(np.bincount(train.targets[idx], minlength=10)) == [int(np.floor(0.1 * c + 0.5)) for c in counts]
+    assert list(np.bincount(train.targets[idx], minlength=10)) == [
+        int(np.floor(0.1 * c + 0.5)) for c in counts
+    ]
     assert np.array_equal(idx, label_subset(train, 0.1, seed=3))
     assert not np.array_equal(idx, label_subset(train, 0.1, seed=4))
     assert np.array_equal(label_subset(train, 1.0), np.arange(len(train)))
-    with pytest.raises(EvaluationError, match=r"label fraction 0\.001 leaves class '\d' with no example.*"
-                                              r"at least 0\.00[45]"):
+    with pytest.raises(
+        EvaluationError,
+        match=r"label fraction 0\.001 leaves class '\d' with no example.*"
+        r"at least 0\.00[45]",
+    ):
         label_subset(train, 0.001)
     with pytest.raises(EvaluationError, match="not in"):
         label_subset(train, 1.5)
@@ -129,9 +144,10 @@ def pretrained(ray_cluster, digits_root, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("evaluate")
     cfg = small_config(digits_root, tmp, *PRETRAIN)
     result = pretrain(cfg)
-    trained = backbone_from_checkpoint(cfg, load_checkpoint_dict(result.checkpoint_path))
-    return SimpleNamespace(cfg=cfg, result=result, uri=result.tracking_uri, root=digits_root, tmp=tmp,
-                           trained=trained)
+    trained = backbone_from_checkpoint(cfg, load_checkpoint(result.checkpoint_path))
+    return SimpleNamespace(
+        cfg=cfg, result=result, uri=result.tracking_uri, root=digits_root, tmp=tmp, trained=trained
+    )
 
 
 @pytest.fixture
@@ -150,9 +166,28 @@ def evaluated(pretrained):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", pretrained.uri)
         mp.chdir(pretrained.tmp)
-        code = main(["evaluate", "models:/moco-digits@champion", "--data", str(pretrained.root),
-                     "--protocol", "knn", "linear", "--label-fraction", str(FEW), "1.0", "--baseline", "random",
-                     "--knn-k", "20", "--bootstrap", "200", "--out", str(out)])
+        code = main(
+            [
+                "evaluate",
+                "models:/moco-digits@champion",
+                "--data",
+                str(pretrained.root),
+                "--protocol",
+                "knn",
+                "linear",
+                "--label-fraction",
+                str(FEW),
+                "1.0",
+                "--baseline",
+                "random",
+                "--knn-k",
+                "20",
+                "--bootstrap",
+                "200",
+                "--out",
+                str(out),
+            ]
+        )
     return SimpleNamespace(code=code, report=json.loads(out.read_text()) if out.is_file() else None)
 
 
@@ -170,7 +205,9 @@ def test_pretrained_encoder_beats_random_init_with_few_labels(evaluated):
         print(f"{protocol} at {FEW}: MoCo {enc:.4f} vs random init {base:.4f}")
         assert row["metric"] == "top1" and row["difference"] == pytest.approx(enc - base)
         margin = MARGIN[protocol]
-        assert enc > base + margin, f"{protocol}: {enc:.4f} is not {margin} above the random init's {base:.4f}"
+        assert enc > base + margin, (
+            f"{protocol}: {enc:.4f} is not {margin} above the random init's {base:.4f}"
+        )
 
 
 @pytest.mark.slow
@@ -180,7 +217,11 @@ def test_evaluate_writes_json_table_and_a_linked_mlflow_run(evaluated, pretraine
     assert report["data"]["label_kind"] == "multiclass" and report["data"]["pretraining_data"] is True
     assert report["data"]["images"] == {"train": 1078, "val": 359, "test": 360}
     assert [(r["protocol"], r["label_fraction"]) for r in report["results"]] == [
-        ("knn", FEW), ("knn", 1.0), ("linear", FEW), ("linear", 1.0)]
+        ("knn", FEW),
+        ("knn", 1.0),
+        ("linear", FEW),
+        ("linear", 1.0),
+    ]
     few = _row(report, "linear", FEW)
     counts = np.bincount(read_dataset(pretrained.root, partitions=("train",))["train"].targets)
     assert few["labelled_images"] == sum(int(np.floor(FEW * c + 0.5)) for c in counts)  # per digit
@@ -213,7 +254,9 @@ def test_evaluate_writes_json_table_and_a_linked_mlflow_run(evaluated, pretraine
 
 @pytest.mark.slow
 def test_pull_then_load_encoder_gives_the_training_time_features(store, tmp_path, capsys):
-    assert main(["encoders", "pull", "models:/moco-digits@champion", "--out", str(tmp_path / "enc")]) == EXIT_OK
+    assert (
+        main(["encoders", "pull", "models:/moco-digits@champion", "--out", str(tmp_path / "enc")]) == EXIT_OK
+    )
     assert sorted(p.name for p in (tmp_path / "enc").iterdir()) == [ENCODER_JSON, WEIGHTS]
     encoder = load_encoder(str(tmp_path / "enc"))
     cfg = store.cfg
@@ -245,9 +288,29 @@ def test_binary_task_knn_and_finetune_from_a_run_id(store, tmp_path, capsys):
     for one short epoch; ROC curves among the plots."""
     splits = _relabel(store.root, tmp_path / "splits", ["zero"], lambda _p, d: [int(d == 0)])
     out = tmp_path / "binary.json"
-    code = main(["evaluate", store.result.mlflow_run_id, "--data", str(store.root), "--splits-dir", str(splits),
-                 "--protocol", "knn", "finetune", "--finetune-epochs", "1", "--finetune-max-steps", "3",
-                 "--knn-k", "20", "--bootstrap", "100", "--out", str(out)])
+    code = main(
+        [
+            "evaluate",
+            store.result.mlflow_run_id,
+            "--data",
+            str(store.root),
+            "--splits-dir",
+            str(splits),
+            "--protocol",
+            "knn",
+            "finetune",
+            "--finetune-epochs",
+            "1",
+            "--finetune-max-steps",
+            "3",
+            "--knn-k",
+            "20",
+            "--bootstrap",
+            "100",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == EXIT_OK
     printed = capsys.readouterr().out
     assert "AUROC" in printed and "finetune" in printed
@@ -283,11 +346,15 @@ def _fails(args: list[str], capsys, message: str) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("ref, message", [
-    ("models:/moco-nope@champion", "no registered model named 'moco-nope'"),
-    ("models:/moco-digits@best", "has no alias 'best'; aliases: @champion -> 1"),
-    ("models:/moco-digits/9", "has no version '9'; versions: [1]"),
-], ids=["unknown-model", "unknown-alias", "missing-version"])
+@pytest.mark.parametrize(
+    "ref, message",
+    [
+        ("models:/moco-nope@champion", "no registered model named 'moco-nope'"),
+        ("models:/moco-digits@best", "has no alias 'best'; aliases: @champion -> 1"),
+        ("models:/moco-digits/9", "has no version '9'; versions: [1]"),
+    ],
+    ids=["unknown-model", "unknown-alias", "missing-version"],
+)
 def test_bad_encoder_refs(store, tmp_path, capsys, ref, message):
     _fails(["evaluate", ref, "--data", str(store.root), "--out", str(tmp_path / "r.json")], capsys, message)
     _fails(["encoders", "pull", ref, "--out", str(tmp_path / "enc")], capsys, message)
@@ -295,21 +362,44 @@ def test_bad_encoder_refs(store, tmp_path, capsys, ref, message):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("header, label, message", [
-    ([], lambda p, d: [], "has no labels"),
-    (["zero"], lambda p, d: [int(d == 0 and p != "test")], "label 'zero' has no positive (1) example in test"),
-    (["digit"], lambda p, d: [7], "single class ['7']"),
-], ids=["no-labels", "binary-one-class-in-test", "one-class"])
+@pytest.mark.parametrize(
+    "header, label, message",
+    [
+        ([], lambda p, d: [], "has no labels"),
+        (
+            ["zero"],
+            lambda p, d: [int(d == 0 and p != "test")],
+            "label 'zero' has no positive (1) example in test",
+        ),
+        (["digit"], lambda p, d: [7], "single class ['7']"),
+    ],
+    ids=["no-labels", "binary-one-class-in-test", "one-class"],
+)
 def test_labels_that_the_protocols_cannot_use(package, store, tmp_path, capsys, header, label, message):
     splits = _relabel(store.root, tmp_path / "splits", header, label)
-    _fails(["evaluate", str(package), "--data", str(store.root), "--splits-dir", str(splits), "--no-track"],
-           capsys, message)
+    _fails(
+        ["evaluate", str(package), "--data", str(store.root), "--splits-dir", str(splits), "--no-track"],
+        capsys,
+        message,
+    )
 
 
 @pytest.mark.slow
 def test_label_fraction_that_leaves_a_class_empty(package, store, capsys):
-    _fails(["evaluate", str(package), "--data", str(store.root), "--label-fraction", "0.1", "0.002",
-            "--no-track"], capsys, "label fraction 0.002 leaves class")
+    _fails(
+        [
+            "evaluate",
+            str(package),
+            "--data",
+            str(store.root),
+            "--label-fraction",
+            "0.1",
+            "0.002",
+            "--no-track",
+        ],
+        capsys,
+        "label fraction 0.002 leaves class",
+    )
 
 
 @pytest.mark.slow
@@ -319,10 +409,15 @@ def test_colour_images_for_a_gray_encoder(package, tmp_path, capsys):
     for part in ("train", "val", "test"):
         for i in range(4):
             (root / part).mkdir(parents=True, exist_ok=True)
-            Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8), "RGB").save(root / part / f"{i}.png")
+            Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8), "RGB").save(
+                root / part / f"{i}.png"
+            )
         _write_csv(root / f"{part}.csv", ["Path", "label"], [[f"{i}.png", i % 2] for i in range(4)])
-    err = _fails(["evaluate", str(package), "--data", str(root), "--no-track"], capsys,
-                 "the encoder takes 1-channel (gray) images, but the images of this dataset are in colour")
+    err = _fails(
+        ["evaluate", str(package), "--data", str(root), "--no-track"],
+        capsys,
+        "the encoder takes 1-channel (gray) images, but the images of this dataset are in colour",
+    )
     assert "train/0.png" in err
 
 
@@ -332,6 +427,9 @@ def test_tampered_weights_are_refused_not_run(package, store, tmp_path, capsys):
     from .test_registry import _Payload
 
     torch.save({"conv1.weight": _Payload(str(marker))}, package / WEIGHTS)
-    _fails(["evaluate", str(package), "--data", str(store.root), "--no-track"], capsys,
-           "is not a plain tensor state_dict and was refused")
+    _fails(
+        ["evaluate", str(package), "--data", str(store.root), "--no-track"],
+        capsys,
+        "is not a plain tensor state_dict and was refused",
+    )
     assert not marker.exists()

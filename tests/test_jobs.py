@@ -31,8 +31,14 @@ from .conftest import REPO
 pytestmark = pytest.mark.slow
 
 EXPERIMENT = str(REPO / "experiments" / "digits.yaml")
-CLEAN_ENV = ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH",
-             "MLFLOW_TRACKING_URI")
+CLEAN_ENV = (
+    "RAY_ADDRESS",
+    "RAY_API_SERVER_ADDRESS",
+    "RAY_AUTH_MODE",
+    "RAY_AUTH_TOKEN",
+    "RAY_AUTH_TOKEN_PATH",
+    "MLFLOW_TRACKING_URI",
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -112,8 +118,14 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 def moco(*args: str, env: dict[str, str], cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess:
     """The real `moco` command in its own process."""
-    return subprocess.run([sys.executable, "-m", "service.cli", *args], env=env, cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "service.cli", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -130,7 +142,7 @@ class Head:
         return clean_env(RAY_AUTH_TOKEN_PATH=str(self.token_file), **extra)
 
     def client(self):
-        return jobs.connect(self.address, token=self.token)
+        return jobs.jobs_client(self.address, token=self.token)
 
 
 @pytest.fixture(scope="module")
@@ -141,13 +153,38 @@ def ray_head():
     gcs, dash, client, agent, agent_grpc, rt_env, metrics, node_mgr, obj_mgr = free_ports(9)
     env = clean_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_file))
     cmd = [
-        str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
-        "--port", str(gcs), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
-        "--ray-client-server-port", str(client), "--dashboard-agent-listen-port", str(agent),
-        "--dashboard-agent-grpc-port", str(agent_grpc), "--runtime-env-agent-port", str(rt_env),
-        "--metrics-export-port", str(metrics), "--node-manager-port", str(node_mgr),
-        "--object-manager-port", str(obj_mgr), "--num-cpus", "2", "--object-store-memory", str(300 * 2**20),
-        "--temp-dir", str(temp_dir),
+        str(Path(sys.executable).parent / "ray"),
+        "start",
+        "--head",
+        "--block",
+        "--node-ip-address",
+        "127.0.0.1",
+        "--port",
+        str(gcs),
+        "--dashboard-host",
+        "127.0.0.1",
+        "--dashboard-port",
+        str(dash),
+        "--ray-client-server-port",
+        str(client),
+        "--dashboard-agent-listen-port",
+        str(agent),
+        "--dashboard-agent-grpc-port",
+        str(agent_grpc),
+        "--runtime-env-agent-port",
+        str(rt_env),
+        "--metrics-export-port",
+        str(metrics),
+        "--node-manager-port",
+        str(node_mgr),
+        "--object-manager-port",
+        str(obj_mgr),
+        "--num-cpus",
+        "2",
+        "--object-store-memory",
+        str(300 * 2**20),
+        "--temp-dir",
+        str(temp_dir),
         "--disable-usage-stats",
     ]
     log = open(temp_dir / "head.log", "w")
@@ -157,14 +194,22 @@ def ray_head():
         deadline = time.monotonic() + 120
         while True:
             if proc.poll() is not None:
-                pytest.fail(f"ray start --head exited {proc.returncode}:\n{(temp_dir / 'head.log').read_text()[-3000:]}")
+                pytest.fail(
+                    f"ray start --head exited {proc.returncode}:\n"
+                    f"{(temp_dir / 'head.log').read_text()[-3000:]}"
+                )
             try:
-                if requests.get(address + "/api/version", timeout=2).status_code == 401:  # up, and asks for a token
+                if (
+                    requests.get(address + "/api/version", timeout=2).status_code == 401
+                ):  # up, and asks for a token
                     break
             except requests.RequestException:
                 pass
             if time.monotonic() > deadline:
-                pytest.fail(f"the Ray head's dashboard did not come up:\n{(temp_dir / 'head.log').read_text()[-3000:]}")
+                pytest.fail(
+                    f"the Ray head's dashboard did not come up:\n"
+                    f"{(temp_dir / 'head.log').read_text()[-3000:]}"
+                )
             time.sleep(0.5)
         yield Head(address, gcs, token_file, temp_dir)
     finally:
@@ -200,8 +245,10 @@ def mlflow_on_postgres():
         yield server
         return
     if pg_bin is None:
-        server.why_not = ("PostgreSQL server binaries (initdb, pg_ctl) not found; `make test` installs the "
-                          "OS package postgresql where apt-get can")
+        server.why_not = (
+            "PostgreSQL server binaries (initdb, pg_ctl) not found; `make test` installs the "
+            "OS package postgresql where apt-get can"
+        )
         yield server
         return
     user = None
@@ -226,25 +273,65 @@ def mlflow_on_postgres():
     mlflow_proc = None
     started = False
     try:
-        subprocess.run([str(pg_bin / "initdb"), "-D", str(data), "-U", "moco", f"--pwfile={base / 'pw'}",
-                        "--auth=scram-sha-256", "-E", "UTF8", "--no-sync"],
-                       check=True, capture_output=True, timeout=120, cwd=base, **as_user)
+        subprocess.run(
+            [
+                str(pg_bin / "initdb"),
+                "-D",
+                str(data),
+                "-U",
+                "moco",
+                f"--pwfile={base / 'pw'}",
+                "--auth=scram-sha-256",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=120,
+            cwd=base,
+            **as_user,
+        )
         opts = f"-c listen_addresses=127.0.0.1 -p {pg_port} -c unix_socket_directories={base} -c fsync=off"
-        subprocess.run([str(pg_bin / "pg_ctl"), "-D", str(data), "-l", str(base / "pg.log"), "-o", opts, "-w",
-                        "start"], check=True, capture_output=True, timeout=120, cwd=base, **as_user)
+        subprocess.run(
+            [str(pg_bin / "pg_ctl"), "-D", str(data), "-l", str(base / "pg.log"), "-o", opts, "-w", "start"],
+            check=True,
+            capture_output=True,
+            timeout=120,
+            cwd=base,
+            **as_user,
+        )
         started = True
-        subprocess.run([str(pg_bin / "createdb"), "-h", "127.0.0.1", "-p", str(pg_port), "-U", "moco", "mlflow"],
-                       check=True, capture_output=True, timeout=60, env={**os.environ, "PGPASSWORD": password})
+        subprocess.run(
+            [str(pg_bin / "createdb"), "-h", "127.0.0.1", "-p", str(pg_port), "-U", "moco", "mlflow"],
+            check=True,
+            capture_output=True,
+            timeout=60,
+            env={**os.environ, "PGPASSWORD": password},
+        )
         artifacts = base / "artifacts"
         artifacts.mkdir()
         ml_log = open(base / "mlflow.log", "w")
         mlflow_proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "mlflow"), "server",
-             "--backend-store-uri", f"postgresql+psycopg2://moco:{password}@127.0.0.1:{pg_port}/mlflow",
-             "--artifacts-destination", str(artifacts), "--host", "127.0.0.1", "--port", str(ml_port),
-             "--workers", "1"],
-            env=clean_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"), stdout=ml_log, stderr=subprocess.STDOUT,
-            start_new_session=True, cwd=base,
+            [
+                str(Path(sys.executable).parent / "mlflow"),
+                "server",
+                "--backend-store-uri",
+                f"postgresql+psycopg2://moco:{password}@127.0.0.1:{pg_port}/mlflow",
+                "--artifacts-destination",
+                str(artifacts),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(ml_port),
+                "--workers",
+                "1",
+            ],
+            env=clean_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"),
+            stdout=ml_log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=base,
         )
         uri = f"http://127.0.0.1:{ml_port}"
         deadline = time.monotonic() + 180
@@ -265,8 +352,13 @@ def mlflow_on_postgres():
         if mlflow_proc is not None:
             stop_tree(mlflow_proc.pid)
         if started:
-            subprocess.run([str(pg_bin / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"],
-                           capture_output=True, timeout=60, cwd=base, **as_user)
+            subprocess.run(
+                [str(pg_bin / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"],
+                capture_output=True,
+                timeout=60,
+                cwd=base,
+                **as_user,
+            )
         shutil.rmtree(base, ignore_errors=True)
 
 
@@ -309,17 +401,45 @@ def test_submit_train_track_pull_and_stop(ray_head, mlflow_on_postgres, digits_r
     uri = server.uri or f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = ray_head.env()
     # a long job, to be stopped while it trains
-    long = moco("submit", EXPERIMENT, "--address", ray_head.address, "--set", "name=jobslong",
-                *digits_overrides(digits_root, "optim.epochs=500", "eval.knn_every_epochs=0",
-                                  f"run.storage_path={tmp_path / 'long-runs'}"),
-                "--tracking-uri", f"sqlite:///{tmp_path / 'long.db'}", env=env, cwd=tmp_path)
+    long = moco(
+        "submit",
+        EXPERIMENT,
+        "--address",
+        ray_head.address,
+        "--set",
+        "name=jobslong",
+        *digits_overrides(
+            digits_root,
+            "optim.epochs=500",
+            "eval.knn_every_epochs=0",
+            f"run.storage_path={tmp_path / 'long-runs'}",
+        ),
+        "--tracking-uri",
+        f"sqlite:///{tmp_path / 'long.db'}",
+        env=env,
+        cwd=tmp_path,
+    )
     assert long.returncode == 0, long.stderr
     long_id = job_id_of(long.stdout)
     # the digits experiment, a few steps; checkpoints under a URI storage path
-    short = moco("submit", EXPERIMENT, "--address", ray_head.address, "--set", "name=jobsdigits",
-                 *digits_overrides(digits_root, "optim.epochs=1", "run.max_steps_per_epoch=4",
-                                   f"run.storage_path=file://{tmp_path / 'runs'}"),
-                 "--tracking-uri", uri, env=env, cwd=tmp_path)
+    short = moco(
+        "submit",
+        EXPERIMENT,
+        "--address",
+        ray_head.address,
+        "--set",
+        "name=jobsdigits",
+        *digits_overrides(
+            digits_root,
+            "optim.epochs=1",
+            "run.max_steps_per_epoch=4",
+            f"run.storage_path=file://{tmp_path / 'runs'}",
+        ),
+        "--tracking-uri",
+        uri,
+        env=env,
+        cwd=tmp_path,
+    )
     assert short.returncode == 0, short.stderr
     short_id = job_id_of(short.stdout)
     assert f"moco jobs status {short_id}" in short.stdout
@@ -331,14 +451,20 @@ def test_submit_train_track_pull_and_stop(ray_head, mlflow_on_postgres, digits_r
     assert f"job {long_id}: STOPPED" in stop.stdout
     assert status_of(client, long_id) == "STOPPED"
 
-    final = wait_until(lambda: (s := status_of(client, short_id)) in jobs.TERMINAL and s, 240, "the digits job")
+    final = wait_until(
+        lambda: (s := status_of(client, short_id)) in jobs.TERMINAL and s, 240, "the digits job"
+    )
     assert final == "SUCCEEDED", client.get_job_logs(short_id)[-3000:]
     status = moco("jobs", "status", short_id, "--address", ray_head.address, env=env, cwd=tmp_path)
-    assert status.returncode == 0 and f"job {short_id}: SUCCEEDED" in status.stdout, status.stdout + status.stderr
+    assert status.returncode == 0 and f"job {short_id}: SUCCEEDED" in status.stdout, (
+        status.stdout + status.stderr
+    )
     assert f"MLflow      {uri}" in status.stdout
     logs = moco("jobs", "logs", short_id, "--follow", "--address", ray_head.address, env=env, cwd=tmp_path)
     assert logs.returncode == 0, logs.stderr
-    assert "epoch 1/1  step 4/4  loss" in logs.stdout and "run jobsdigits-" in logs.stdout, logs.stdout[-3000:]
+    assert "epoch 1/1  step 4/4  loss" in logs.stdout and "run jobsdigits-" in logs.stdout, logs.stdout[
+        -3000:
+    ]
     listing = moco("jobs", "list", "--address", ray_head.address, env=env, cwd=tmp_path)
     assert re.search(rf"{short_id}\s+SUCCEEDED\s.*pretrain jobsdigits", listing.stdout), listing.stdout
     assert re.search(rf"{long_id}\s+STOPPED\s", listing.stdout), listing.stdout
@@ -352,11 +478,20 @@ def test_submit_train_track_pull_and_stop(ray_head, mlflow_on_postgres, digits_r
     from mlflow.tracking import MlflowClient
 
     ml = MlflowClient(uri)
-    runs = ml.search_runs([ml.get_experiment_by_name("moco").experiment_id], "tags.`moco.name` = 'jobsdigits'")
+    runs = ml.search_runs(
+        [ml.get_experiment_by_name("moco").experiment_id], "tags.`moco.name` = 'jobsdigits'"
+    )
     assert len(runs) == 1 and runs[0].info.status == "FINISHED" and "train/loss" in runs[0].data.metrics
     assert ml.get_registered_model("moco-jobsdigits").aliases.get("champion") == "1"
-    pull = moco("encoders", "pull", "models:/moco-jobsdigits@champion", "--out", str(tmp_path / "enc"),
-                env=clean_env(MLFLOW_TRACKING_URI=uri), cwd=tmp_path)
+    pull = moco(
+        "encoders",
+        "pull",
+        "models:/moco-jobsdigits@champion",
+        "--out",
+        str(tmp_path / "enc"),
+        env=clean_env(MLFLOW_TRACKING_URI=uri),
+        cwd=tmp_path,
+    )
     assert pull.returncode == 0, pull.stderr
     from service.registry import read_encoder_package
 
@@ -364,8 +499,10 @@ def test_submit_train_track_pull_and_stop(ray_head, mlflow_on_postgres, digits_r
     assert meta["source_run_id"] == runs[0].info.run_id and meta["name"] == "jobsdigits"
 
     if server.uri is None:
-        pytest.skip(f"Ray jobs checked with a sqlite store; the PostgreSQL-backed MLflow server part did not run: "
-                    f"{server.why_not}")
+        pytest.skip(
+            f"Ray jobs checked with a sqlite store; the PostgreSQL-backed MLflow server part did not run: "
+            f"{server.why_not}"
+        )
     # artifacts went through the tracking server into its artifact store
     assert list(server.artifacts.rglob("weights.pt")), "the encoder did not reach the server's artifact store"
 
@@ -373,9 +510,18 @@ def test_submit_train_track_pull_and_stop(ray_head, mlflow_on_postgres, digits_r
 def test_failed_job_says_why(ray_head, tmp_path):
     env = ray_head.env()
     missing = tmp_path / "no-such-dataset"
-    sub = moco("submit", EXPERIMENT, "--address", ray_head.address, "--wait",
-               *digits_overrides(missing, f"run.storage_path={tmp_path / 'runs'}"),
-               "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", env=env, cwd=tmp_path)
+    sub = moco(
+        "submit",
+        EXPERIMENT,
+        "--address",
+        ray_head.address,
+        "--wait",
+        *digits_overrides(missing, f"run.storage_path={tmp_path / 'runs'}"),
+        "--tracking-uri",
+        f"sqlite:///{tmp_path / 'mlflow.db'}",
+        env=env,
+        cwd=tmp_path,
+    )
     assert sub.returncode == 1, sub.stdout + sub.stderr
     assert "FAILED" in sub.stderr and f"{missing}/train.csv not found" in sub.stdout + sub.stderr
     job_id = job_id_of(sub.stdout)
@@ -394,7 +540,9 @@ def _run(capsys, *argv: str) -> tuple[int, str]:
 def test_clear_errors(ray_head, digits_root, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.ray/auth_token of this machine
     for var in CLEAN_ENV:
-        if var != "RAY_AUTH_MODE":  # this process's own Ray setting (conftest.ray_cluster); moco reads no mode
+        if (
+            var != "RAY_AUTH_MODE"
+        ):  # this process's own Ray setting (conftest.ray_cluster); moco reads no mode
             monkeypatch.delenv(var, raising=False)
     good = ["--set", f"data.root={digits_root}", "--set", f"run.storage_path={tmp_path / 'runs'}"]
     free = free_ports(1)[0]
@@ -425,18 +573,48 @@ def test_clear_errors(ray_head, digits_root, tmp_path, monkeypatch, capsys):
     # refused before anything reaches a cluster: a local store for a remote cluster, relative paths,
     # an invalid config
     remote = "http://10.255.255.1:8265"
-    code, msg = _run(capsys, "submit", EXPERIMENT, "--address", remote, *good,
-                     "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    code, msg = _run(
+        capsys,
+        "submit",
+        EXPERIMENT,
+        "--address",
+        remote,
+        *good,
+        "--tracking-uri",
+        f"sqlite:///{tmp_path / 'mlflow.db'}",
+    )
     assert code == 1 and "is a store on this machine" in msg and "--tracking-uri" in msg
-    code, msg = _run(capsys, "submit", EXPERIMENT, "--address", remote, *good, "--tracking-uri", "http://127.0.0.1:5000")
+    code, msg = _run(
+        capsys, "submit", EXPERIMENT, "--address", remote, *good, "--tracking-uri", "http://127.0.0.1:5000"
+    )
     assert code == 1 and "loopback" in msg
-    code, msg = _run(capsys, "submit", EXPERIMENT, "--address", remote, "--set", f"data.root={digits_root}",
-                     "--tracking-uri", "http://mlflow.internal:5000")
+    code, msg = _run(
+        capsys,
+        "submit",
+        EXPERIMENT,
+        "--address",
+        remote,
+        "--set",
+        f"data.root={digits_root}",
+        "--tracking-uri",
+        "http://mlflow.internal:5000",
+    )
     assert code == 1 and "run.storage_path=None" in msg and "shared storage" in msg
-    code, msg = _run(capsys, "submit", EXPERIMENT, "--address", remote, "--set", "run.storage_path=s3://b/r",
-                     "--tracking-uri", "http://mlflow.internal:5000")
+    code, msg = _run(
+        capsys,
+        "submit",
+        EXPERIMENT,
+        "--address",
+        remote,
+        "--set",
+        "run.storage_path=s3://b/r",
+        "--tracking-uri",
+        "http://mlflow.internal:5000",
+    )
     assert code == 1 and "data.root=data/digits is a relative path" in msg
-    code, msg = _run(capsys, "submit", EXPERIMENT, "--address", ray_head.address, *good, "--set", "moco.temprature=0.2")
+    code, msg = _run(
+        capsys, "submit", EXPERIMENT, "--address", ray_head.address, *good, "--set", "moco.temprature=0.2"
+    )
     assert code == 1 and "moco.temprature: unknown key" in msg
 
 
@@ -445,7 +623,9 @@ def test_addresses(monkeypatch):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("RAY_ADDRESS", "http://10.0.0.1:8265")
     assert jobs.resolve_address(None) == "http://10.0.0.1:8265"
-    monkeypatch.setenv("RAY_API_SERVER_ADDRESS", "head.internal")  # wins over RAY_ADDRESS; scheme and port added
+    monkeypatch.setenv(
+        "RAY_API_SERVER_ADDRESS", "head.internal"
+    )  # wins over RAY_ADDRESS; scheme and port added
     assert jobs.resolve_address(None) == "http://head.internal:8265"
     assert jobs.resolve_address("https://ray.example.org:443/") == "https://ray.example.org:443"
     for bad in ("auto", "ray://10.0.0.1:10001"):
@@ -458,15 +638,20 @@ def test_addresses(monkeypatch):
 def test_package_carries_the_validated_config(tmp_path):
     from moco_core.config import load_config
 
-    cfg = load_config(EXPERIMENT, ["data.root=/data/digits", "run.storage_path=s3://b/runs", "moco.temperature=0.3"])
-    entry, env = jobs.package(cfg, tmp_path / "job", tune=False, code="image", tracking_uri="http://mlflow:5000",
-                              resume="digits-1")
+    cfg = load_config(
+        EXPERIMENT, ["data.root=/data/digits", "run.storage_path=s3://b/runs", "moco.temperature=0.3"]
+    )
+    entry, env = jobs.package(
+        cfg, tmp_path / "job", tune=False, code="image", tracking_uri="http://mlflow:5000", resume="digits-1"
+    )
     assert entry == "python -m service.cli pretrain experiment.yaml --resume digits-1"
     shipped = load_config(tmp_path / "job" / "experiment.yaml")
     assert shipped.moco.temperature == 0.3 and shipped.tracking.uri == "http://mlflow:5000"
     assert env["working_dir"] == str(tmp_path / "job") and "py_modules" not in env
     assert env["env_vars"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
-    entry, env = jobs.package(cfg, tmp_path / "job2", tune=True, code="upload", tracking_uri="http://mlflow:5000")
+    entry, env = jobs.package(
+        cfg, tmp_path / "job2", tune=True, code="upload", tracking_uri="http://mlflow:5000"
+    )
     assert entry == "python -m service.cli tune experiment.yaml"
     assert [Path(p).name for p in env["py_modules"]] == ["moco_core", "service"]
     entry, _ = jobs.package(cfg, tmp_path / "job3", tune=True, code="image", tracking_uri="x", resume="")

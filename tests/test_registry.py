@@ -104,8 +104,16 @@ def _score(value: float, metric: str = METRIC, fingerprint: str = FP) -> dict:
         (_score(float("nan")), _score(0.1), True),  # an unscored champion is displaced
         (_score(0.5), _score(float("nan")), False),  # an unscored candidate never wins
     ],
-    ids=["none", "better", "worse", "equal", "other-metric", "other-fingerprint", "nan-current",
-         "nan-candidate"],
+    ids=[
+        "none",
+        "better",
+        "worse",
+        "equal",
+        "other-metric",
+        "other-fingerprint",
+        "nan-current",
+        "nan-candidate",
+    ],
 )
 def test_champion_rule(current, candidate, moves):
     assert champion_should_move(current, candidate) is moves
@@ -191,12 +199,19 @@ def registry(tmp_path_factory):
             net = _trained_backbone(10 + i)
             with mlflow.start_run(experiment_id=exp_id) as run:
                 pkg = write_encoder_package(
-                    root / f"pkg{i}", net, _cfg(), fingerprint=FP, run_id=run.info.run_id,
+                    root / f"pkg{i}",
+                    net,
+                    _cfg(),
+                    fingerprint=FP,
+                    run_id=run.info.run_id,
                     metrics={METRIC: value},
                 )
             # registered after the run ended, as the driver does
-            results.append(register_encoder(pkg, run_id=run.info.run_id, model_name=MODEL, metric=METRIC,
-                                            value=value, fingerprint=FP))
+            results.append(
+                register_encoder(
+                    pkg, run_id=run.info.run_id, model_name=MODEL, metric=METRIC, value=value, fingerprint=FP
+                )
+            )
             runs.append(run.info.run_id)
             nets.append(net)
         with mlflow.start_run(experiment_id=exp_id) as empty:
@@ -312,5 +327,11 @@ def test_run_without_encoder_and_unknown_run(registry, tmp_path):
     with pytest.raises(EncoderError, match="no run 0123456789abcdef0123456789abcdef"):
         resolve_ref("0123456789abcdef0123456789abcdef", tmp_path)
     with pytest.raises(EncoderError, match="not found"):
-        register_encoder(registry["root"] / "pkg0", run_id="0123456789abcdef0123456789abcdef",
-                         model_name=MODEL, metric=METRIC, value=1.0, fingerprint=FP)
+        register_encoder(
+            registry["root"] / "pkg0",
+            run_id="0123456789abcdef0123456789abcdef",
+            model_name=MODEL,
+            metric=METRIC,
+            value=1.0,
+            fingerprint=FP,
+        )

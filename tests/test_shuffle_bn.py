@@ -64,7 +64,9 @@ def test_split_bn_uneven_batch_and_eval_mode():
     assert out.shape == x.shape and torch.isfinite(out).all()
     assert torch.allclose(out[3:5], nn.BatchNorm2d(2).train()(x[3:5]), atol=1e-5)  # groups of 3, 2, 2
     bn.eval()
-    assert torch.allclose(bn(x), nn.functional.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias))
+    assert torch.allclose(
+        bn(x), nn.functional.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias)
+    )
 
 
 def test_split_bn_running_stats_average_groups():
@@ -110,8 +112,12 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
         shard, idx = batch_shuffle_distributed(x)
         restored = batch_unshuffle_distributed(shard, idx)
         gathered = concat_all_gather(x)
-        result = {"shard": shard.flatten().tolist(), "restored": restored.flatten().tolist(),
-                  "idx": idx.tolist(), "gathered": gathered.flatten().tolist()}
+        result = {
+            "shard": shard.flatten().tolist(),
+            "restored": restored.flatten().tolist(),
+            "idx": idx.tolist(),
+            "gathered": gathered.flatten().tolist(),
+        }
         (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(result))
     finally:
         dist.destroy_process_group()

@@ -13,18 +13,20 @@ from pathlib import Path
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
-
 from torch.nn import functional as F
 
 from moco_core.augment import TwoViews, build_pretrain_transform
 from moco_core.backbones import create_backbone
+from moco_core.checkpoint import backbone_from_checkpoint, load_checkpoint
+from moco_core.config import ConfigError
 from moco_core.data import DataError, ImageDataset, read_dataset
 from moco_core.model import build_moco
+from moco_core.monitor import scored_as
 from moco_core.pipeline import PretrainViews
 from service import registry
+from service.pretrain import PretrainError, pretrain
+from service.records import RunRecord
 from service.tracking import TrackingError
-from service.train import (PretrainError, RunRecord, backbone_from_checkpoint, load_checkpoint_dict, pretrain,
-                           scored_as)
 
 from .conftest import REPO, small_config, val_knn
 
@@ -42,8 +44,11 @@ def _heldout_infonce(cfg, model_state) -> float:
     model.load_state_dict(model_state)
     model.train()  # batch statistics, as in training; q and k batches are normalised separately
     val = read_dataset(cfg.data.root, partitions=("val",))["val"]
-    views = PretrainViews(ImageDataset(val, cfg.data.channels),
-                          TwoViews(build_pretrain_transform(cfg.augment.recipe, cfg.data.image_size, 1)), seed=7)
+    views = PretrainViews(
+        ImageDataset(val, cfg.data.channels),
+        TwoViews(build_pretrain_transform(cfg.augment.recipe, cfg.data.image_size, 1)),
+        seed=7,
+    )
     pairs = [views[(i, 0)] for i in range(len(val))]
     q = F.normalize(model.encoder_q(torch.stack([a for a, _ in pairs])), dim=1)  # N x C
     k = F.normalize(model.encoder_q(torch.stack([b for _, b in pairs])), dim=1)  # N x C
@@ -53,7 +58,7 @@ def _heldout_infonce(cfg, model_state) -> float:
 
 def test_two_gloo_workers_learn_track_and_register(ray_cluster, digits_root, tmp_path):
     cfg = small_config(digits_root, tmp_path, "scaling.workers=2", "optim.epochs=6")
-    result = pretrain(cfg, check_queues=True)  # the workers assert identical queues on both ranks
+    result = pretrain(cfg)  # the workers check at the end that every rank's queue is rank 0's
 
     uri, run_id = result.tracking_uri, result.mlflow_run_id
     client = MlflowClient(uri)
@@ -71,14 +76,19 @@ def test_two_gloo_workers_learn_track_and_register(ray_cluster, digits_root, tmp
     # learning: the contrastive loss on held-out images falls, and kNN with few labels beats a
     # random-init encoder. (The training loss itself rises at first, as the random initial queue fills
     # with real keys.)
-    final = load_checkpoint_dict(result.checkpoint_path)
-    trained_loss, random_loss = _heldout_infonce(cfg, final["model"]), _heldout_infonce(cfg, build_moco(cfg).state_dict())
+    final = load_checkpoint(result.checkpoint_path)
+    trained_loss, random_loss = (
+        _heldout_infonce(cfg, final["model"]),
+        _heldout_infonce(cfg, build_moco(cfg).state_dict()),
+    )
     trained = backbone_from_checkpoint(cfg, final)
     torch.manual_seed(cfg.run.seed)
     random_init = create_backbone(cfg.model.arch, cfg.data.channels, cfg.model.small_image_stem)
     trained_knn, random_knn = val_knn(cfg, trained, 0.05), val_knn(cfg, random_init, 0.05)
-    print(f"held-out InfoNCE {trained_loss:.4f} vs random init {random_loss:.4f}; "
-          f"kNN (5 % of the labels) {trained_knn:.4f} vs random init {random_knn:.4f}")
+    print(
+        f"held-out InfoNCE {trained_loss:.4f} vs random init {random_loss:.4f}; "
+        f"kNN (5 % of the labels) {trained_knn:.4f} vs random init {random_knn:.4f}"
+    )
     assert trained_loss < random_loss
     assert trained_knn > random_knn + 0.03
     assert 0 < result.metrics["eval/knn_top1"] <= 1  # the per-epoch monitor (all labels) was reported
@@ -88,7 +98,7 @@ def test_two_gloo_workers_learn_track_and_register(ray_cluster, digits_root, tmp
     import mlflow
 
     mlflow.set_tracking_uri(uri)
-    pulled = registry.load_encoder("models:/moco-digits@champion")
+    pulled = registry.load_encoder("models:/moco-digits@champion", uri=uri)
     x = torch.rand(5, 1, 16, 16)
     with torch.no_grad():
         assert torch.allclose(pulled(x), trained(x), atol=1e-6)
@@ -116,20 +126,32 @@ def _kill_when_checkpointed(runs: Path, name: str, kill) -> threading.Thread:
 def test_killed_worker_is_replaced_and_resumes_from_checkpoint(ray_cluster, digits_root, tmp_path):
     import psutil
 
-    cfg = small_config(digits_root, tmp_path, "scaling.workers=2", "optim.batch_size=32", "optim.epochs=3",
-                       "run.max_steps_per_epoch=4", "moco.queue_size=100", "run.max_failures=2")
+    cfg = small_config(
+        digits_root,
+        tmp_path,
+        "scaling.workers=2",
+        "optim.batch_size=32",
+        "optim.epochs=3",
+        "run.max_steps_per_epoch=4",
+        "moco.queue_size=100",
+        "run.max_failures=2",
+    )
     killed = []
 
     def kill_rank1_worker():
-        workers = [p for p in psutil.process_iter(["cmdline"]) if "RayTrainWorker" in " ".join(p.info["cmdline"] or [])]
+        workers = [
+            p
+            for p in psutil.process_iter(["cmdline"])
+            if "RayTrainWorker" in " ".join(p.info["cmdline"] or [])
+        ]
         victim = sorted(workers, key=lambda p: p.pid)[-1]
         os.kill(victim.pid, signal.SIGKILL)  # for real, mid-training
         killed.append(victim.pid)
 
     _kill_when_checkpointed(tmp_path / "runs", "epoch_00001", kill_rank1_worker)
-    result = pretrain(cfg, check_queues=True)
+    result = pretrain(cfg)
     assert killed, "no worker was killed"
-    state = load_checkpoint_dict(result.checkpoint_path)
+    state = load_checkpoint(result.checkpoint_path)
     assert state["step"] == 12 and state["epoch"] == 3
     assert int(state["model"]["queue.ptr"]) == (12 * 32) % 100  # the queue continued from the checkpoint
     steps = _steps(result.tracking_uri, result.mlflow_run_id)
@@ -139,8 +161,13 @@ def test_killed_worker_is_replaced_and_resumes_from_checkpoint(ray_cluster, digi
 
 
 def test_resume_after_driver_crash_equals_uninterrupted_run(ray_cluster, digits_root, tmp_path):
-    common = ("optim.batch_size=32", "optim.epochs=3", "run.max_steps_per_epoch=3", "moco.queue_size=50",
-              "eval.knn_every_epochs=0")
+    common = (
+        "optim.batch_size=32",
+        "optim.epochs=3",
+        "run.max_steps_per_epoch=3",
+        "moco.queue_size=50",
+        "eval.knn_every_epochs=0",
+    )
     (tmp_path / "a").mkdir()
     reference = pretrain(small_config(digits_root, tmp_path / "a", *common))
 
@@ -149,14 +176,27 @@ def test_resume_after_driver_crash_equals_uninterrupted_run(ray_cluster, digits_
     cfg_b = small_config(digits_root, b, *common)
     env = dict(os.environ, RAY_ADDRESS=ray_cluster.get_runtime_context().gcs_address, PYTHONUNBUFFERED="1")
     args = ["pretrain", str(REPO / "experiments" / "digits.yaml")]
-    for o in (f"data.root={digits_root}", "data.num_workers=0", f"run.storage_path={b / 'runs'}",
-              f"tracking.uri=sqlite:///{b / 'mlflow.db'}", *common):
+    for o in (
+        f"data.root={digits_root}",
+        "data.num_workers=0",
+        f"run.storage_path={b / 'runs'}",
+        f"tracking.uri=sqlite:///{b / 'mlflow.db'}",
+        *common,
+    ):
         args += ["--set", o]
-    driver = subprocess.Popen([sys.executable, "-m", "service.cli", *args], env=env, cwd=b.parent,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", *args],
+        env=env,
+        cwd=b.parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     deadline = time.monotonic() + 300
-    while not _checkpoint_registered(b / "runs", "epoch_00001") and driver.poll() is None \
-            and time.monotonic() < deadline:
+    while (
+        not _checkpoint_registered(b / "runs", "epoch_00001")
+        and driver.poll() is None
+        and time.monotonic() < deadline
+    ):
         time.sleep(0.2)
     assert driver.poll() is None, driver.stdout.read().decode()[-3000:]
     driver.send_signal(signal.SIGKILL)  # the driver dies mid-run
@@ -167,8 +207,8 @@ def test_resume_after_driver_crash_equals_uninterrupted_run(ray_cluster, digits_
 
     resumed = pretrain(cfg_b, resume=True)
     assert resumed.run_name == record.name and resumed.mlflow_run_id == record.mlflow_run_id
-    ref_state = load_checkpoint_dict(reference.checkpoint_path)
-    res_state = load_checkpoint_dict(resumed.checkpoint_path)
+    ref_state = load_checkpoint(reference.checkpoint_path)
+    res_state = load_checkpoint(resumed.checkpoint_path)
     assert res_state["step"] == ref_state["step"] == 9
     assert int(res_state["model"]["queue.ptr"]) == int(ref_state["model"]["queue.ptr"])
     assert resumed.metrics["train/loss"] == pytest.approx(reference.metrics["train/loss"], rel=1e-4)
@@ -180,9 +220,17 @@ def test_resume_after_driver_crash_equals_uninterrupted_run(ray_cluster, digits_
 
 
 def test_non_finite_loss_stops_with_clear_error_and_keeps_checkpoint(ray_cluster, digits_root, tmp_path):
-    cfg = small_config(digits_root, tmp_path, "optim.lr=1.0e+30", "optim.batch_size=16", "optim.epochs=3",
-                       "run.max_steps_per_epoch=1", "run.max_failures=0", "eval.knn_every_epochs=0",
-                       "moco.split_bn_groups=2")
+    cfg = small_config(
+        digits_root,
+        tmp_path,
+        "optim.lr=1.0e+30",
+        "optim.batch_size=16",
+        "optim.epochs=3",
+        "run.max_steps_per_epoch=1",
+        "run.max_failures=0",
+        "eval.knn_every_epochs=0",
+        "moco.split_bn_groups=2",
+    )
     with pytest.raises(PretrainError, match="non-finite loss") as err:
         pretrain(cfg)
     assert "--resume" in str(err.value)
@@ -204,7 +252,9 @@ def test_dataset_fault_stops_before_ray(digits_root, tmp_path):
 
 def test_monitor_label_fraction_that_empties_a_class_fails_before_training(digits_root, tmp_path):
     cfg = small_config(digits_root, tmp_path, "eval.knn_label_fraction=0.001")
-    with pytest.raises(PretrainError, match=r"eval\.knn_label_fraction=0\.001: .* leaves class '\d' with no example"):
+    with pytest.raises(
+        ConfigError, match=r"eval\.knn_label_fraction=0\.001: .* leaves class '\d' with no example"
+    ):
         pretrain(cfg)
     assert not (tmp_path / "runs").exists()
 

@@ -26,9 +26,15 @@ TUNE_YAML = REPO / "experiments" / "digits_tune.yaml"
 def tune_overrides(root: Path, tmp_path: Path, *extra: str) -> list[str]:
     """experiments/digits_tune.yaml shrunk to trials of a few seconds of training on 2 cores."""
     return [
-        f"data.root={root}", "data.num_workers=0", f"run.storage_path={tmp_path / 'runs'}",
-        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", "optim.epochs=2", "run.max_steps_per_epoch=3",
-        "moco.queue_size=64", "tune.space.moco.momentum=null", *extra,
+        f"data.root={root}",
+        "data.num_workers=0",
+        f"run.storage_path={tmp_path / 'runs'}",
+        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        "optim.epochs=2",
+        "run.max_steps_per_epoch=3",
+        "moco.queue_size=64",
+        "tune.space.moco.momentum=null",
+        *extra,
     ]
 
 
@@ -41,13 +47,26 @@ def tune_overrides(root: Path, tmp_path: Path, *extra: str) -> list[str]:
     [
         (["tune.space.moco.queu_size=[64]"], "tune.space.moco.queu_size: unknown key"),
         (["tune.space.model.arch=[resnet50]"], "tune.space.model: unknown key"),
-        (["tune.space.moco.queue_size=[64, 0]"], "tune.space.moco.queue_size: 0 is not a valid moco.queue_size"),
-        (["tune.space.moco.queue_size=[-8]"], "tune.space.moco.queue_size: -8 is not a valid moco.queue_size"),
-        (["tune.space.moco.momentum=[0.9, 1.5]"], "tune.space.moco.momentum: 1.5 is not a valid moco.momentum"),
-        (["tune.search=random", "tune.space.moco.momentum={uniform: [-0.1, 0.99]}"],
-         "tune.space.moco.momentum: -0.1 is not a valid moco.momentum"),
-        (["tune.space.moco.temperature=[0.0, 0.2]"],
-         "tune.space.moco.temperature: 0.0 is not a valid moco.temperature"),
+        (
+            ["tune.space.moco.queue_size=[64, 0]"],
+            "tune.space.moco.queue_size: 0 is not a valid moco.queue_size",
+        ),
+        (
+            ["tune.space.moco.queue_size=[-8]"],
+            "tune.space.moco.queue_size: -8 is not a valid moco.queue_size",
+        ),
+        (
+            ["tune.space.moco.momentum=[0.9, 1.5]"],
+            "tune.space.moco.momentum: 1.5 is not a valid moco.momentum",
+        ),
+        (
+            ["tune.search=random", "tune.space.moco.momentum={uniform: [-0.1, 0.99]}"],
+            "tune.space.moco.momentum: -0.1 is not a valid moco.momentum",
+        ),
+        (
+            ["tune.space.moco.temperature=[0.0, 0.2]"],
+            "tune.space.moco.temperature: 0.0 is not a valid moco.temperature",
+        ),
         (["tune.search=random", "tune.space.moco.temperature={loguniform: [0, 0.5]}"], "needs low > 0"),
         (["tune.search=random", "tune.space.moco.temperature={uniform: [0.5, 0.1]}"], "needs low < high"),
         (["tune.search=random", "tune.space.moco.queue_size={uniform: [16, 4096]}"], "takes whole numbers"),
@@ -68,9 +87,15 @@ def test_bad_spaces_are_config_errors_naming_the_key(overrides, fragment):
 
 
 def test_tune_section_round_trips_and_makes_trial_configs(tmp_path):
-    cfg = load_config(TUNE_YAML, ["tune.search=random", "tune.space.moco.momentum={uniform: [0.9, 0.999]}",
-                                  "tune.space.optim.lr={loguniform: [1.0e-3, 0.1]}",
-                                  "tune.space.moco.queue_size={lograndint: [64, 4096]}"])
+    cfg = load_config(
+        TUNE_YAML,
+        [
+            "tune.search=random",
+            "tune.space.moco.momentum={uniform: [0.9, 0.999]}",
+            "tune.space.optim.lr={loguniform: [1.0e-3, 0.1]}",
+            "tune.space.moco.queue_size={lograndint: [64, 4096]}",
+        ],
+    )
     assert list(cfg.tune.space.dims()) == ["moco.temperature", "moco.queue_size", "moco.momentum", "optim.lr"]
     (tmp_path / "x.yaml").write_text(dump_yaml(cfg))  # what `moco submit --tune` ships to the cluster
     again = load_config(tmp_path / "x.yaml")
@@ -88,14 +113,20 @@ def test_tune_section_round_trips_and_makes_trial_configs(tmp_path):
 def test_param_space_maps_kinds_to_ray_tune():
     from ray.tune.search.sample import Categorical, Float, Integer
 
-    from service.tune import param_space
+    from service.sweep.space import param_space
 
     grid = load_config(TUNE_YAML).tune
     space = param_space(grid)
     assert space["moco.temperature"] == {"grid_search": [0.07, 0.1, 0.2]}
     assert space["moco.queue_size"] == {"grid_search": [128, 256]}
-    rnd = load_config(TUNE_YAML, ["tune.search=random", "tune.space.moco.momentum={uniform: [0.9, 0.999]}",
-                                  "tune.space.moco.queue_size={randint: [16, 17]}"]).tune
+    rnd = load_config(
+        TUNE_YAML,
+        [
+            "tune.search=random",
+            "tune.space.moco.momentum={uniform: [0.9, 0.999]}",
+            "tune.space.moco.queue_size={randint: [16, 17]}",
+        ],
+    ).tune
     space = param_space(rnd)
     assert isinstance(space["moco.temperature"], Categorical)
     assert space["moco.temperature"].categories == [0.07, 0.1, 0.2]
@@ -105,8 +136,8 @@ def test_param_space_maps_kinds_to_ray_tune():
 
 
 def test_default_metric_follows_the_label_kind(digits_root, tmp_path):
-    from service.train import read_partitions
-    from service.tune import SweepError, default_metric
+    from service.pretrain.inputs import read_partitions
+    from service.sweep.space import SweepError, default_metric
 
     cfg = load_config(TUNE_YAML, [f"data.root={digits_root}"])
     assert default_metric(cfg, read_partitions(cfg, check_files=False)) == "eval/knn_top1"
@@ -119,11 +150,31 @@ def test_default_metric_follows_the_label_kind(digits_root, tmp_path):
 
 
 def test_cli_rejects_missing_section_and_bad_space_before_ray(tmp_path, capsys):
-    assert main(["tune", str(REPO / "experiments" / "digits.yaml"),
-                 "--set", f"run.storage_path={tmp_path / 'runs'}"]) == EXIT_FAIL
+    assert (
+        main(
+            [
+                "tune",
+                str(REPO / "experiments" / "digits.yaml"),
+                "--set",
+                f"run.storage_path={tmp_path / 'runs'}",
+            ]
+        )
+        == EXIT_FAIL
+    )
     assert "has no tune: section" in capsys.readouterr().err
-    assert main(["tune", str(TUNE_YAML), "--set", "tune.space.moco.queue_size=[0]",
-                 "--set", f"run.storage_path={tmp_path / 'runs'}"]) == EXIT_FAIL
+    assert (
+        main(
+            [
+                "tune",
+                str(TUNE_YAML),
+                "--set",
+                "tune.space.moco.queue_size=[0]",
+                "--set",
+                f"run.storage_path={tmp_path / 'runs'}",
+            ]
+        )
+        == EXIT_FAIL
+    )
     err = capsys.readouterr().err
     assert "tune.space.moco.queue_size: 0" in err and "Traceback" not in err
     assert not (tmp_path / "runs").exists()
@@ -142,18 +193,28 @@ def _children(client, parent_id: str) -> list:
 def test_sweep_early_stops_tracks_and_registers_the_best(ray_cluster, digits_root, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from service import registry, sweep_report
-    from service.tune import TAG_TRIAL_STARTS, tune_sweep
+    from service import registry
+    from service.sweep import tune_sweep
+    from service.sweep.report import format_result
+    from service.sweep.trial import TAG_TRIAL_STARTS
 
     # train/loss grows with log(K+1), so at the first rung every K=2048 trial ranks below the K=16 ones
     # whatever the order in which trials arrive: ASHA's decision does not depend on timing.
-    cfg = load_config(TUNE_YAML, tune_overrides(
-        digits_root, tmp_path, "tune.space.moco.temperature=[0.1, 0.2]", "tune.space.moco.queue_size=[16, 2048]",
-        "tune.metric=train/loss", "tune.max_concurrent_trials=2"))
+    cfg = load_config(
+        TUNE_YAML,
+        tune_overrides(
+            digits_root,
+            tmp_path,
+            "tune.space.moco.temperature=[0.1, 0.2]",
+            "tune.space.moco.queue_size=[16, 2048]",
+            "tune.metric=train/loss",
+            "tune.max_concurrent_trials=2",
+        ),
+    )
     t0 = time.monotonic()
     result = tune_sweep(cfg)
     print(f"sweep of 4 trials: {time.monotonic() - t0:.0f} s")
-    print(sweep_report.format_result(result))
+    print(format_result(result))
 
     trials = result.trials
     assert len(trials) == 4 and result.metric == "train/loss" and result.mode == "min"
@@ -186,13 +247,18 @@ def test_sweep_early_stops_tracks_and_registers_the_best(ray_cluster, digits_roo
     artifacts = {a.path for a in client.list_artifacts(result.parent_run_id)}
     assert {"trials.csv", "best_config.yaml", "plots", "config.yaml"} <= artifacts
     plots = {Path(a.path).name for a in client.list_artifacts(result.parent_run_id, "plots")}
-    assert {"metric_vs_temperature.png", "metric_vs_queue_size.png", "parallel_coordinates.png",
-            "curves.png"} <= plots
+    assert {
+        "metric_vs_temperature.png",
+        "metric_vs_queue_size.png",
+        "parallel_coordinates.png",
+        "curves.png",
+    } <= plots
     table = client.download_artifacts(result.parent_run_id, "trials.csv", str(tmp_path))
     lines = Path(table).read_text().splitlines()
     assert len(lines) == 5 and lines[1].startswith(f"1,{best.trial_id},finished")
-    best_cfg = yaml.safe_load(Path(client.download_artifacts(result.parent_run_id, "best_config.yaml",
-                                                             str(tmp_path))).read_text())
+    best_cfg = yaml.safe_load(
+        Path(client.download_artifacts(result.parent_run_id, "best_config.yaml", str(tmp_path))).read_text()
+    )
     assert best_cfg["moco"]["queue_size"] == 16 and best_cfg["tune"] is None
 
     reg = result.registered
@@ -202,10 +268,10 @@ def test_sweep_early_stops_tracks_and_registers_the_best(ray_cluster, digits_roo
     mlflow.set_tracking_uri(result.tracking_uri)
     mv = client.get_model_version("moco-digits", "1")
     assert mv.run_id == best.run_id
-    pkg = registry.resolve_ref("models:/moco-digits@champion", tmp_path / "pulled")
+    pkg = registry.resolve_ref("models:/moco-digits@champion", tmp_path / "pulled", result.tracking_uri)
     meta = registry.read_encoder_meta(pkg)
     assert meta["source_run_id"] == best.run_id and meta["moco"]["queue_size"] == 16
-    summary = sweep_report.format_result(result)
+    summary = format_result(result)
     assert "pull:   moco encoders pull models:/moco-digits/1 --out encoder/" in summary
     assert summary.index(best.trial_id) < summary.index(stopped[0].trial_id)  # ranked
 
@@ -225,10 +291,16 @@ def _finished_trials(sweep_dir: Path) -> list[str]:
 def test_resume_after_driver_killed_does_not_rerun_finished_trials(ray_cluster, digits_root, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from service.tune import TAG_TRIAL_STARTS, SweepError, tune_sweep
+    from service.sweep import SweepError, tune_sweep
+    from service.sweep.trial import TAG_TRIAL_STARTS
 
-    overrides = tune_overrides(digits_root, tmp_path, "tune.space.moco.temperature=[0.1, 0.2, 0.5]",
-                               "tune.space.moco.queue_size=null", "tune.asha=null")
+    overrides = tune_overrides(
+        digits_root,
+        tmp_path,
+        "tune.space.moco.temperature=[0.1, 0.2, 0.5]",
+        "tune.space.moco.queue_size=null",
+        "tune.asha=null",
+    )
     args = [sys.executable, "-m", "service.cli", "tune", str(TUNE_YAML)]
     for o in overrides:
         args += ["--set", o]
@@ -237,7 +309,9 @@ def test_resume_after_driver_killed_does_not_rerun_finished_trials(ray_cluster, 
     with log.open("wb") as out:
         driver = subprocess.Popen(args, env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 240
-        while not _finished_trials(tmp_path / "runs") and driver.poll() is None and time.monotonic() < deadline:
+        while (
+            not _finished_trials(tmp_path / "runs") and driver.poll() is None and time.monotonic() < deadline
+        ):
             time.sleep(0.2)
         assert driver.poll() is None, log.read_text()[-3000:]
         done_before = _finished_trials(tmp_path / "runs")

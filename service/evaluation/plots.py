@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 
 from moco_core.data import load_image
-from moco_core.downstream import ProtocolResult, Task
-from moco_core.evaluate import nearest_neighbours, roc_curve
+from moco_core.eval import ProtocolResult, Task, nearest_neighbours, roc_curve
+
+from ..plots import pyplot, save
 
 METRIC_LABELS = {"top1": "top-1 accuracy", "auroc": "mean AUROC"}
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def label_fraction_plot(
@@ -29,7 +21,7 @@ def label_fraction_plot(
 ) -> Path:
     """Test metric against label fraction (log scale), one line per protocol; solid for the encoder,
     dashed for the baseline; bars are the bootstrap 95% intervals."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     colours = {}
     for results, style, who in ((encoder, "-", "encoder"), (baseline or [], "--", "random init")):
@@ -39,8 +31,16 @@ def label_fraction_plot(
             y = np.array([r.value for r in rows])
             err = np.array([[r.value - r.ci[0], r.ci[1] - r.value] for r in rows]).T
             kw = {"color": colours[protocol]} if protocol in colours else {}
-            line = ax.errorbar(x, y, yerr=None if np.isnan(err).any() else err, fmt=style, marker="o",
-                               capsize=3, label=f"{protocol} ({who})", **kw)
+            line = ax.errorbar(
+                x,
+                y,
+                yerr=None if np.isnan(err).any() else err,
+                fmt=style,
+                marker="o",
+                capsize=3,
+                label=f"{protocol} ({who})",
+                **kw,
+            )
             colours.setdefault(protocol, line.lines[0].get_color())
     metric = encoder[0].metric if encoder else "top1"
     ax.set_xscale("log")
@@ -49,17 +49,14 @@ def label_fraction_plot(
     ax.set_title("label efficiency")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def roc_plot(
     labels: np.ndarray, encoder: ProtocolResult, baseline: ProtocolResult | None, label_name: str, path: Path
 ) -> Path:
     """ROC curves on test of one binary task: the encoder and (dashed) the baseline."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.8, 4.5))
     for r, style, who in ((encoder, "-", "encoder"), (baseline, "--", "random init")):
         if r is None:
@@ -72,10 +69,7 @@ def roc_plot(
     ax.set_title(f"{label_name}: {encoder.protocol}, label fraction {encoder.fraction:g}")
     ax.legend(loc="lower right", fontsize=8)
     ax.set_aspect("equal")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def _label_text(task: Task, name: str, i: int) -> str:
@@ -103,7 +97,7 @@ def retrieval_grid(
     """Test images (first column) and their k nearest train images by cosine similarity of the
     features of each encoder in ``feats`` (``{"encoder": {...}, "random init": {...}}``); a green frame
     marks a neighbour with the query's label, a red one another label."""
-    plt = _pyplot()
+    plt = pyplot()
     test, train = task.parts["test"], task.parts["train"]
     rng = np.random.default_rng(seed)
     queries = np.sort(rng.choice(len(test), size=min(n_queries, len(test)), replace=False))
@@ -135,10 +129,35 @@ def retrieval_grid(
                 show(axes[row][col], train.paths[i], title, frame)
                 col += 1
     fig.suptitle("nearest train images of test queries (cosine similarity of features)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save(fig, path, dpi=90)
 
 
-__all__ = ["label_fraction_plot", "roc_plot", "retrieval_grid"]
+def evaluation_plots(
+    task: Task,
+    results: dict[str, list[ProtocolResult]],
+    feats: dict[str, dict[str, torch.Tensor]],
+    seed: int,
+    out_dir: Path,
+) -> list[Path]:
+    """Every plot of an evaluation into ``out_dir``: label efficiency, a ROC curve per protocol (binary
+    tasks, at the largest fraction) and the retrieval grid."""
+    encoder, baseline = results["encoder"], results.get("random init")
+    written = [label_fraction_plot(encoder, baseline, out_dir / "label_fraction.png")]
+    if task.label_kind == "binary":
+        base = {(r.protocol, r.fraction): r for r in baseline or []}
+        for protocol in dict.fromkeys(r.protocol for r in encoder):
+            r = max((x for x in encoder if x.protocol == protocol), key=lambda x: x.fraction)
+            written.append(
+                roc_plot(
+                    task.targets("test"),
+                    r,
+                    base.get((r.protocol, r.fraction)),
+                    task.parts["test"].label_names[0],
+                    out_dir / f"roc_{protocol}.png",
+                )
+            )
+    written.append(retrieval_grid(task, feats, out_dir / "retrieval.png", seed=seed))
+    return written
+
+
+__all__ = ["label_fraction_plot", "roc_plot", "retrieval_grid", "evaluation_plots"]

@@ -1,0 +1,136 @@
+"""The whole experiment: one YAML file, validated once, and its cross-field rules."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+from .base import Strict
+from .dotted import flatten, set_values
+from .sections import (
+    AugmentConfig,
+    DataConfig,
+    EvalConfig,
+    MocoConfig,
+    ModelConfig,
+    OptimConfig,
+    RunConfig,
+    ScalingConfig,
+    TrackingConfig,
+)
+from .sweep import TuneConfig
+
+
+class ExperimentConfig(Strict):
+    """The whole experiment: one YAML file, validated once."""
+
+    name: str = Field("experiment", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    moco: MocoConfig = Field(default_factory=MocoConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    scaling: ScalingConfig = Field(default_factory=ScalingConfig)
+    run: RunConfig = Field(default_factory=RunConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    tune: TuneConfig | None = None  # the sweep of `moco tune`; ignored by `moco pretrain`
+
+    @field_validator("name")
+    @classmethod
+    def _name_not_blank(cls, v: str) -> str:
+        return v.strip()
+
+    @field_validator("tune")
+    @classmethod
+    def _tune_values_are_valid(cls, tune: TuneConfig | None, info: ValidationInfo) -> TuneConfig | None:
+        """Every listed value and both ends of every range must pass the field's own checks (and the
+        cross-field ones) when applied to this config."""
+        sections = [k for k in cls.model_fields if k != "tune"]
+        if tune is None or any(k not in info.data for k in sections):
+            return tune  # another field is invalid: that error is reported instead
+        base = {k: v.model_dump(mode="json") if isinstance(v, BaseModel) else v for k, v in info.data.items()}
+        for key, dim in tune.space.dims().items():
+            section, field = key.split(".")
+            section_model = cls.model_fields[section].annotation
+            annotation = section_model.model_fields[field].annotation  # type: ignore[union-attr]
+            if annotation is int and dim.kind in ("uniform", "loguniform"):
+                raise ValueError(
+                    f"tune.space.{key}: {key} takes whole numbers; use randint or lograndint, or a list"
+                )
+            for value in dim.probes():
+                try:
+                    ExperimentConfig.model_validate(set_values(base, {key: value}))
+                except ValidationError as e:
+                    reasons = "; ".join(err["msg"] for err in e.errors())
+                    raise ValueError(
+                        f"tune.space.{key}: {value!r} is not a valid {key} ({reasons})"
+                    ) from None
+        ev, optim = info.data["eval"], info.data["optim"]
+        metric = tune.metric
+        if metric != "train/loss" and ev.knn_every_epochs != 1:
+            raise ValueError(
+                f"tune.metric {metric or 'eval/knn_*'} is compared at every epoch: "
+                f"it needs eval.knn_every_epochs: 1 "
+                f"(it is {ev.knn_every_epochs}), or use tune.metric: train/loss"
+            )
+        if tune.asha is not None and tune.asha.grace_period >= optim.epochs:
+            raise ValueError(
+                f"tune.asha.grace_period={tune.asha.grace_period} must be below optim.epochs={optim.epochs} "
+                "(or set tune.asha: null for no early stopping)"
+            )
+        return tune
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> ExperimentConfig:
+        w = self.scaling.workers
+        if self.optim.batch_size % w:
+            raise ValueError(
+                f"optim.batch_size={self.optim.batch_size} is the global batch and must divide evenly "
+                f"across scaling.workers={w}; use a multiple of {w}"
+            )
+        per_worker = self.optim.batch_size // w
+        if per_worker < 2:
+            raise ValueError(
+                f"optim.batch_size / scaling.workers = {per_worker}; each worker needs >= 2 images"
+            )
+        if self.moco.shuffle_bn == "distributed" and w < 2:
+            raise ValueError(
+                "moco.shuffle_bn=distributed needs scaling.workers >= 2; "
+                "use 'split' (or 'auto') for one worker"
+            )
+        if self.moco.shuffle_bn in ("split", "auto") and w == 1:
+            if per_worker < 2 * self.moco.split_bn_groups:
+                raise ValueError(
+                    f"split BN puts {per_worker} images into "
+                    f"moco.split_bn_groups={self.moco.split_bn_groups} "
+                    f"groups; each group needs >= 2 images: lower split_bn_groups or raise optim.batch_size"
+                )
+        if self.optim.warmup_epochs >= self.optim.epochs:
+            raise ValueError(
+                f"optim.warmup_epochs={self.optim.warmup_epochs} must be below "
+                f"optim.epochs={self.optim.epochs}"
+            )
+        return self
+
+    @property
+    def registered_model_name(self) -> str:
+        return self.tracking.model_name or f"moco-{self.name}"
+
+    def resolved_shuffle_bn(self, world_size: int) -> Literal["distributed", "split", "off"]:
+        """``auto`` means distributed when there is more than one worker, else split BN."""
+        mode = self.moco.shuffle_bn
+        if mode == "auto":
+            return "distributed" if world_size > 1 else "split"
+        return mode
+
+    def trial(self, values: dict[str, Any]) -> ExperimentConfig:
+        """The config of one sweep trial: ``values`` (dotted keys) applied, no ``tune`` section."""
+        raw = set_values(self.model_dump(mode="json"), values)
+        raw["tune"] = None
+        return ExperimentConfig.model_validate(raw)
+
+    def flat(self) -> dict[str, Any]:
+        """The config as ``{"moco.temperature": 0.2, ...}`` (for tracking params)."""
+        return flatten(self.model_dump(mode="json"))

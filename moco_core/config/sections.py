@@ -1,0 +1,98 @@
+"""The sections of an experiment (``data:``, ``model:``, ``moco:``, ...): their fields and defaults.
+
+Defaults live here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from .base import Strict
+
+
+class DataConfig(Strict):
+    """Where the images are and what the model sees of them."""
+
+    root: str = "data/digits"
+    splits_dir: str | None = None  # folder holding train.csv/val.csv/test.csv; default: root
+    image_size: int = Field(32, ge=8, le=1024)
+    channels: Literal[1, 3] = 3
+    label_columns: list[str] | None = None  # default: every column but Path
+    num_workers: int = Field(2, ge=0)  # DataLoader worker processes
+    cache_decoded: bool = True  # decode every image once into memory (small datasets)
+
+
+class ModelConfig(Strict):
+    arch: Literal["resnet18", "resnet34", "resnet50"] = "resnet18"
+    small_image_stem: bool = True  # 3x3 stride-1 first conv, no max-pool (images <= 64 px)
+    head: Literal["linear", "mlp"] = "mlp"  # MoCo v1: linear; v2: MLP
+    dim: int = Field(128, ge=1)  # embedding size of q and k
+    hidden_dim: int | None = Field(None, ge=1)  # MLP hidden size; default: the backbone's
+
+
+class MocoConfig(Strict):
+    queue_size: int = Field(4096, gt=0)  # K: number of negatives
+    momentum: float = Field(0.99, ge=0.0, le=1.0)  # m of the key encoder
+    momentum_schedule: Literal["constant", "cosine"] = "constant"  # cosine: m -> 1 over training
+    temperature: float = Field(0.1, gt=0.0)  # T of InfoNCE
+    shuffle_bn: Literal["auto", "distributed", "split", "off"] = "auto"
+    split_bn_groups: int = Field(8, ge=2)  # groups of split BN (single-process shuffle BN)
+
+    @field_validator("shuffle_bn", mode="before")
+    @classmethod
+    def _yaml_off(cls, v: Any) -> Any:
+        return "off" if v is False else v  # YAML reads a bare `off` as false
+
+
+class AugmentConfig(Strict):
+    recipe: Literal["mocov1", "mocov2", "cxr"] = "mocov2"
+
+
+class OptimConfig(Strict):
+    lr: float = Field(0.06, gt=0.0)
+    batch_size: int = Field(256, ge=2)  # global: split across workers
+    epochs: int = Field(50, ge=1)
+    weight_decay: float = Field(5.0e-4, ge=0.0)
+    sgd_momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    lr_steps: list[int] = Field(default_factory=lambda: [120, 160])  # epochs where step LR x0.1
+    warmup_epochs: int = Field(0, ge=0)
+
+
+class ScalingConfig(Strict):
+    workers: int = Field(1, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: int = Field(1, ge=1)
+
+
+class RunConfig(Strict):
+    storage_path: str | None = None  # Ray Train storage (local dir, NFS path or s3:// URI)
+    checkpoint_every_epochs: int = Field(1, ge=1)
+    max_failures: int = Field(2, ge=0)
+    seed: int = 0
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
+    channels_last: bool = True
+    compile: bool = False  # torch.compile the encoders
+    max_steps_per_epoch: int | None = Field(None, ge=1)  # cap an epoch (quick trials)
+
+
+with warnings.catch_warnings():
+    # ``register`` is the documented key; it shadows nothing pydantic uses on instances.
+    warnings.filterwarnings("ignore", message='Field name "register"')
+
+    class TrackingConfig(Strict):
+        uri: str | None = None  # MLFLOW_TRACKING_URI wins; default sqlite:///mlflow.db in the cwd
+        experiment: str = "moco"
+        register: bool = True
+        model_name: str | None = None  # default: moco-<name>
+
+
+class EvalConfig(Strict):
+    knn_every_epochs: int = Field(1, ge=0)  # 0: only at the end
+    knn_k: int = Field(200, ge=1)
+    knn_t: float = Field(0.1, gt=0.0)
+    # the monitor's bank: this stratified, seeded (run.seed) fraction of the labelled train images
+    knn_label_fraction: float = Field(1.0, gt=0.0, le=1.0)

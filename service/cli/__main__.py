@@ -1,0 +1,7 @@
+"""``python -m service.cli``: the ``moco`` command (the entrypoint of a submitted job)."""
+
+import sys
+
+from . import main
+
+sys.exit(main())

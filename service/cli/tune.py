@@ -1,0 +1,48 @@
+"""``moco tune``: a Ray Tune sweep of the experiment's ``tune:`` section."""
+
+from __future__ import annotations
+
+import argparse
+
+from .codes import EXIT_OK
+from .options import add_config, add_ray_address, add_resume, load, resume_of
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "tune",
+        help="Ray Tune sweep over moco.temperature, moco.queue_size, moco.momentum (and optim.lr)",
+        description="Sweep the experiment's tune: section with Ray Tune: one Ray Train run per trial, "
+        "ASHA early "
+        "stopping on the per-epoch metric, a parent MLflow run with one child run per trial; the best "
+        "trial's encoder is registered. Runs on a local Ray cluster unless --ray-address or "
+        "RAY_ADDRESS names one.",
+    )
+    add_config(
+        p,
+        "experiment YAML file with a tune: section (see experiments/)",
+        example="tune.space.moco.temperature=[0.1,0.2]",
+    )
+    p.add_argument("--samples", type=int, default=None, metavar="N", help="sets tune.num_samples")
+    add_resume(
+        p,
+        "SWEEP",
+        "continue the latest unfinished sweep of this experiment, or the named SWEEP, without "
+        "rerunning finished trials (the sweep's saved config is used)",
+    )
+    add_ray_address(p)
+    p.set_defaults(func=cmd_tune)
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from ..sweep import SweepError, tune_sweep
+    from ..sweep.report import format_result
+
+    cfg = load(args, [f"tune.num_samples={args.samples}"] if args.samples is not None else [])
+    resume = resume_of(args)
+    if not resume and cfg.tune is None:
+        raise SweepError(
+            f"{args.file} has no tune: section; see docs/tune.md (experiments/digits_tune.yaml is an example)"
+        )
+    print(format_result(tune_sweep(cfg, resume=resume, address=args.ray_address)))
+    return EXIT_OK

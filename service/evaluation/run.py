@@ -1,0 +1,155 @@
+"""``moco evaluate``: what an encoder is worth downstream, with few labels, against a random init.
+
+ENCODER (any reference :func:`service.registry.resolve_ref` understands) -> its package, loaded safely
+-> the labelled dataset, checked against the encoder and the protocols -> :mod:`moco_core.eval` runs
+every protocol at every label fraction (and again on a random-init encoder of the same architecture
+with ``baseline="random"``) -> the report (:mod:`.report`): a table, a JSON file, and an MLflow run in the
+source run's experiment (:mod:`.mlflow_run`), tagged with the source run's id, holding the metrics, the
+JSON and the plots (:mod:`.plots`).
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from moco_core.backbones import create_backbone
+from moco_core.config import DataConfig
+from moco_core.data import Partition, dataset_fingerprint, read_dataset
+from moco_core.eval import (
+    ProtocolSettings,
+    Task,
+    check_channels,
+    check_labels,
+    encode,
+    label_subset,
+    run_protocols,
+)
+
+from .. import registry, tracking
+from .choices import DEFAULT_PROTOCOLS
+from .mlflow_run import log_run
+from .report import build_report, write_json
+
+CACHE_MAX_IMAGES = 20_000  # decode every image once into memory below this many images
+
+
+def say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def evaluate(
+    ref: str,
+    root: str | Path,
+    *,
+    splits_dir: str | Path | None = None,
+    label_columns: list[str] | None = None,
+    protocols: Sequence[str] = DEFAULT_PROTOCOLS,
+    fractions: Sequence[float] = (1.0,),
+    baseline: str | None = None,
+    seed: int = 0,
+    settings: ProtocolSettings | None = None,
+    track: bool = True,
+    out: Path | None = None,
+) -> dict[str, Any]:
+    """Run the evaluation; returns the report (also written to ``out`` and, if ``track``, to MLflow)."""
+    settings = settings or ProtocolSettings()
+    uri = tracking.resolve_tracking_uri(None)
+    if track or not registry.is_local_ref(ref):
+        tracking.check_reachable(uri)  # models:/ and run references resolve against it
+    with tempfile.TemporaryDirectory(prefix="moco-evaluate-") as tmp:
+        backbone, meta = registry.read_encoder_package(registry.resolve_ref(ref, tmp, uri))
+    parts = read_dataset(root, splits_dir, label_columns)
+    check_task(parts, meta, protocols, fractions, seed)  # every fault before any work
+    task = Task(parts, data_config(root, splits_dir, label_columns, meta, parts), transform=preprocess(meta))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    results, feats = {}, {}
+    for who, net in encoders(backbone, meta, baseline, seed).items():
+        net.to(device)
+        say(f"[{who}] features of {sum(len(p) for p in parts.values())} images ({device})")
+        feats[who] = encode(net, task, device, settings.batch_size)
+        results[who] = run_protocols(
+            net,
+            task,
+            protocols,
+            fractions,
+            settings,
+            seed,
+            device,
+            log=lambda m, who=who: say(f"[{who}] {m}"),
+            feats=feats[who],
+        )
+    report = build_report(
+        ref,
+        meta,
+        task,
+        root,
+        splits_dir,
+        protocols,
+        fractions,
+        baseline,
+        seed,
+        settings,
+        results,
+        fingerprint=dataset_fingerprint(parts["train"]),
+    )
+    if track:
+        report["mlflow"] = log_run(uri, ref, meta, task, report, results, feats, seed)
+    if out is not None:
+        write_json(out, report)
+    return report
+
+
+def check_task(
+    parts: dict[str, Partition], meta: dict, protocols: Sequence[str], fractions: Sequence[float], seed: int
+) -> None:
+    """The labels fit every protocol, the images fit the encoder, every fraction keeps every class."""
+    check_labels(parts, list(protocols))
+    check_channels(parts["train"], int(meta["in_channels"]))
+    for f in fractions:
+        label_subset(parts["train"], f, seed)
+
+
+def data_config(
+    root: str | Path,
+    splits_dir: str | Path | None,
+    label_columns: list[str] | None,
+    meta: dict,
+    parts: dict[str, Partition],
+) -> DataConfig:
+    """How the encoder sees the dataset: its image size and channels; small datasets decoded once."""
+    n_images = sum(len(p) for p in parts.values())
+    return DataConfig(
+        root=str(Path(root).expanduser().resolve()),
+        splits_dir=str(Path(splits_dir).expanduser().resolve()) if splits_dir else None,
+        image_size=int(meta["image_size"]),
+        channels=int(meta["in_channels"]),
+        label_columns=label_columns,
+        num_workers=0,
+        cache_decoded=n_images <= CACHE_MAX_IMAGES,
+    )
+
+
+def preprocess(meta: dict) -> Any:
+    """The package's own preprocessing (resize, crop, its normalisation)."""
+    return registry.Preprocess(meta["image_size"], meta["in_channels"], meta["mean"], meta["std"]).transform
+
+
+def encoders(backbone: nn.Module, meta: dict, baseline: str | None, seed: int) -> dict[str, nn.Module]:
+    """The encoder, and with ``baseline="random"`` a seeded random-init encoder of the same architecture."""
+    out = {"encoder": backbone}
+    if baseline == "random":
+        torch.manual_seed(seed)
+        out["random init"] = create_backbone(
+            meta["arch"], int(meta["in_channels"]), bool(meta["small_image_stem"])
+        )
+    return out
+
+
+__all__ = ["evaluate"]

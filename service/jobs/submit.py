@@ -1,0 +1,156 @@
+"""``moco submit``: an experiment, validated here, handed to a remote Ray cluster as a job.
+
+The job carries the validated config (one YAML file, the job's ``working_dir``), the project code
+(``--code upload``: ``moco_core`` and ``service`` as ``py_modules``; ``--code image``: already installed
+in the cluster's image) and the entrypoint ``python -m service.cli pretrain experiment.yaml`` (or
+``tune``). The job runs on the head node as the driver of an ordinary ``moco pretrain``: checkpoints go
+to ``run.storage_path`` (shared storage), metrics and the encoder to the MLflow tracking server.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shlex
+import tempfile
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from moco_core.config import ExperimentConfig, dump_yaml
+
+from .cluster import JobsError, call, host_is_loopback, is_loopback, jobs_client, resolve_address
+
+CONFIG_FILE = "experiment.yaml"
+CODE_PACKAGES = ("moco_core", "service")
+REPO = Path(__file__).resolve().parents[2]
+
+
+def job_tracking_uri(cfg: ExperimentConfig, address: str, override: str | None = None) -> str:
+    """The MLflow URI the job will use; refused when the cluster cannot reach it."""
+    from ..tracking import is_local_uri, resolve_tracking_uri
+
+    uri = _absolute_local(override) if override else resolve_tracking_uri(cfg.tracking.uri)
+    if is_loopback(address):
+        return uri  # the same machine: an absolute sqlite path or a loopback server is reachable
+    if is_local_uri(uri):
+        raise JobsError(
+            f"MLflow tracking URI {uri} is a store on this machine; "
+            f"the Ray cluster at {address} cannot reach "
+            "it. Give the URI of a tracking server the cluster can reach: --tracking-uri http://MLFLOW:5000 "
+            "(or MLFLOW_TRACKING_URI / tracking.uri)"
+        )
+    host = urlsplit(uri).hostname
+    if host_is_loopback(host):
+        raise JobsError(
+            f"MLflow tracking URI {uri} points at this machine's loopback interface; from the Ray cluster at "
+            f"{address} it means the cluster node itself. Give the address the cluster reaches the "
+            "server at: --tracking-uri http://MLFLOW:5000"
+        )
+    return uri
+
+
+def _absolute_local(uri: str) -> str:
+    """``uri`` as given (``--tracking-uri`` beats MLFLOW_TRACKING_URI), a local path made absolute."""
+    from ..tracking import resolve_tracking_uri
+
+    saved = os.environ.pop("MLFLOW_TRACKING_URI", None)
+    try:
+        return resolve_tracking_uri(uri)
+    finally:
+        if saved is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = saved
+
+
+def check_cluster_paths(cfg: ExperimentConfig, address: str) -> None:
+    """Data and checkpoints must be where every node of the cluster finds them."""
+    for key, value in (("data.root", cfg.data.root), ("data.splits_dir", cfg.data.splits_dir)):
+        if value and not Path(value).is_absolute():
+            raise JobsError(
+                f"{key}={value} is a relative path; on a cluster it must be a path every node sees "
+                f"(a shared mount or a folder in the image), e.g. --set {key}=/data/{Path(value).name}"
+            )
+    sp = cfg.run.storage_path
+    if not sp or ("://" not in sp and not Path(sp).is_absolute()):
+        hint = (
+            ""
+            if is_loopback(address)
+            else " or an absolute path on a shared filesystem (NFS) that every node mounts"
+        )
+        raise JobsError(
+            f"run.storage_path={sp!r}: checkpoints of a cluster run must go to shared storage, never to one "
+            f"worker's local disk; set an s3:// (or gs://) URI{hint}, e.g. --set run.storage_path=s3://BUCKET/moco-runs"
+        )
+
+
+def package(
+    cfg: ExperimentConfig,
+    folder: Path,
+    *,
+    tune: bool,
+    code: str,
+    tracking_uri: str,
+    resume: str | None = None,
+) -> tuple[str, dict]:
+    """Write the job's config into ``folder``; the entrypoint and the runtime environment. ``resume``:
+    ``""`` continues the latest unfinished run (sweep, with ``tune``) of the experiment, a name that one."""
+    cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"uri": tracking_uri})})
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / CONFIG_FILE).write_text(dump_yaml(cfg))
+    runtime_env: dict[str, Any] = {
+        "working_dir": str(folder),
+        "env_vars": {"MLFLOW_TRACKING_URI": tracking_uri, "PYTHONUNBUFFERED": "1"},
+    }
+    if code == "upload":
+        missing = [p for p in CODE_PACKAGES if not (REPO / p / "__init__.py").is_file()]
+        if missing:
+            raise JobsError(
+                f"--code upload needs the project's source folders {', '.join(missing)} under {REPO}; "
+                "use --code image when the cluster's image has the project installed"
+            )
+        runtime_env["py_modules"] = [str(REPO / p) for p in CODE_PACKAGES]
+        runtime_env["excludes"] = ["__pycache__", "*.pyc"]
+    entrypoint = f"python -m service.cli {'tune' if tune else 'pretrain'} {CONFIG_FILE}"
+    if resume is not None:  # `moco pretrain --resume [RUN]` / `moco tune --resume [SWEEP]`
+        entrypoint += " --resume" + (f" {shlex.quote(resume)}" if resume else "")
+    return entrypoint, runtime_env
+
+
+def submit(
+    cfg: ExperimentConfig,
+    address: str | None = None,
+    *,
+    tune: bool = False,
+    code: str = "upload",
+    tracking_uri: str | None = None,
+    token: str | None = None,
+    resume: str | None = None,
+) -> tuple[str, Any]:
+    """Submit one experiment; returns ``(submission id, client)``. Everything that can be checked here
+    (config, paths, tracking URI, cluster, token) is checked before the job exists."""
+    address = resolve_address(address)
+    check_cluster_paths(cfg, address)
+    uri = job_tracking_uri(cfg, address, tracking_uri)
+    client = jobs_client(address, token)
+    sub_id = f"moco-{cfg.name}-{datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+    with tempfile.TemporaryDirectory(prefix="moco-job-") as tmp:
+        entrypoint, runtime_env = package(
+            cfg, Path(tmp) / "job", tune=tune, code=code, tracking_uri=uri, resume=resume
+        )
+        metadata = {
+            "moco_name": cfg.name,
+            "moco_command": "tune" if tune else "pretrain",
+            "moco_tracking_uri": uri,
+        }
+        call(
+            client,
+            "submit",
+            lambda: client.submit_job(
+                entrypoint=entrypoint, runtime_env=runtime_env, metadata=metadata, submission_id=sub_id
+            ),
+        )
+    return sub_id, client
+
+
+__all__ = ["submit", "package", "job_tracking_uri", "check_cluster_paths", "CONFIG_FILE"]

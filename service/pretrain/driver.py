@@ -1,0 +1,174 @@
+"""``moco pretrain`` on the driver: check everything that can be checked before Ray starts, open (or
+reopen) the run, fit the ``TorchTrainer``, then publish the encoder.
+
+Driver: validate config and data -> check MLflow -> create (or find, on ``--resume``) the run record
+and its MLflow run -> ``TorchTrainer.fit`` -> plots -> encoder package -> registry.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from moco_core.checkpoint import load_checkpoint
+from moco_core.config import ExperimentConfig
+from moco_core.data import Partition, dataset_fingerprint
+from moco_core.errors import UserError
+from moco_core.monitor import check_monitor
+from moco_core.pipeline import queue_size_warning
+
+from .. import tracking
+from ..plots import log_run_plots
+from ..progress import ProgressPrinter, ProgressRelay
+from ..ray_cluster import ensure_ray
+from ..records import RunRecord, storage_path_of, timestamped
+from ..registry.publish import publish_encoder
+from .inputs import absolute_data_paths, read_partitions
+from .worker import train_fn_per_worker
+
+
+class PretrainError(UserError, RuntimeError):
+    """A pretraining run could not start or finish; the message says why and what to do."""
+
+
+@dataclass
+class PretrainResult:
+    run_name: str
+    run_folder: str
+    mlflow_run_id: str
+    tracking_uri: str
+    metrics: dict[str, Any]
+    checkpoint_path: str
+    registered: dict[str, Any] | None
+
+
+def pretrain(
+    cfg: ExperimentConfig,
+    *,
+    resume: bool | str = False,
+    address: str | None = None,
+    printer: ProgressPrinter | None = None,
+) -> PretrainResult:
+    """Run (or, with ``resume``: the latest unfinished run of this experiment, or the one named, resume)
+    one pretraining run through Ray Train on the cluster at ``address``; returns where everything is."""
+    printer = printer or ProgressPrinter()
+    record = RunRecord.to_resume(storage_path_of(cfg), cfg.name, resume, PretrainError) if resume else None
+    if record is not None:
+        cfg = record.experiment()
+        printer.message(
+            f"resuming run {record.name} (MLflow run {record.mlflow_run_id}) from {record.folder}"
+        )
+    cfg = absolute_data_paths(cfg)
+    train_p = check_inputs(cfg, printer)
+    uri = record.tracking_uri if record is not None else tracking.resolve_tracking_uri(cfg.tracking.uri)
+    tracking.check_reachable(uri)  # an unreachable MLflow stops here too
+    if record is not None:
+        record.mark("running")
+    else:
+        record = new_run(cfg, uri, printer)
+    ensure_ray(address)
+    with ProgressRelay(printer) as relay:
+        result = fit(build_trainer(cfg, record, progress_queue=relay.queue), record)
+    return finish(cfg, record, result, train_p)
+
+
+def check_inputs(cfg: ExperimentConfig, printer: ProgressPrinter) -> Partition:
+    """Dataset faults and a monitor label fraction that leaves a class empty stop here, before Ray
+    starts; a queue as large as the data set is worth a warning. Returns the train partition."""
+    parts = read_partitions(cfg, check_files=True)
+    check_monitor(cfg, parts)
+    if warning := queue_size_warning(len(parts["train"]), cfg):
+        printer.message(f"warning: {warning}")
+    return parts["train"]
+
+
+def new_run(cfg: ExperimentConfig, uri: str, printer: ProgressPrinter) -> RunRecord:
+    """A new MLflow run and the record that finds it again."""
+    name = timestamped(cfg.name)
+    run_id = tracking.start_run(uri, cfg, name, tags={"moco.ray_run_name": name})
+    record = RunRecord(
+        name=name,
+        storage_path=storage_path_of(cfg),
+        mlflow_run_id=run_id,
+        tracking_uri=uri,
+        config=cfg.model_dump(mode="json"),
+        created=datetime.now().isoformat(),
+    )
+    record.save()
+    printer.message(f"run {record.name}: MLflow run {run_id} at {uri}")
+    return record
+
+
+def build_trainer(
+    cfg: ExperimentConfig, record: RunRecord, *, progress_queue: Any = None, callbacks: list | None = None
+) -> Any:
+    """The ``TorchTrainer`` of one run: ``train_fn_per_worker`` on ``scaling.workers`` workers, checkpoints
+    under ``record.folder``; the same (storage_path, name) continues from the last checkpoint. The config
+    crosses to the workers as a dict, validated again there."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    gpu = {"GPU": 1} if cfg.scaling.use_gpu else {}
+    return TorchTrainer(
+        train_fn_per_worker,
+        train_loop_config={
+            "experiment": cfg.model_dump(mode="json"),
+            "mlflow_run_id": record.mlflow_run_id,
+            "tracking_uri": record.tracking_uri,
+            "progress_queue": progress_queue,
+        },
+        scaling_config=ScalingConfig(
+            num_workers=cfg.scaling.workers,
+            use_gpu=cfg.scaling.use_gpu,
+            resources_per_worker={"CPU": cfg.scaling.cpus_per_worker, **gpu},
+        ),
+        run_config=RunConfig(
+            name=record.name,
+            storage_path=record.storage_path,
+            failure_config=FailureConfig(max_failures=cfg.run.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            callbacks=callbacks or None,
+        ),
+    )
+
+
+def fit(trainer: Any, record: RunRecord) -> Any:
+    """``trainer.fit()``; a failure marks the run failed and says how to continue it."""
+    try:
+        return trainer.fit()
+    except Exception as e:
+        record.mark("failed")
+        raise PretrainError(
+            f"training failed: {e}\nThe last checkpoint is kept under {record.folder}; "
+            f"fix the cause, then continue with: moco pretrain FILE --resume {record.name}"
+        ) from e
+
+
+def finish(cfg: ExperimentConfig, record: RunRecord, result: Any, train_p: Partition) -> PretrainResult:
+    """Plots, the encoder of the final checkpoint (packaged, logged, registered), the run finished."""
+    if result.checkpoint is None:
+        raise PretrainError(f"run {record.name} finished without a checkpoint")
+    with result.checkpoint.as_directory() as d:
+        final_state = load_checkpoint(d)
+    uri, metrics = record.tracking_uri, dict(result.metrics or {})
+    with tempfile.TemporaryDirectory() as tmp:
+        log_run_plots(uri, record.mlflow_run_id, Path(tmp) / "plots")
+    registered = publish_encoder(
+        cfg, final_state, record.mlflow_run_id, uri, metrics, dataset_fingerprint(train_p)
+    )
+    record.mark("finished")
+    return PretrainResult(
+        run_name=record.name,
+        run_folder=str(record.folder),
+        mlflow_run_id=record.mlflow_run_id,
+        tracking_uri=uri,
+        metrics=metrics,
+        checkpoint_path=result.checkpoint.path,
+        registered=registered,
+    )
+
+
+__all__ = ["PretrainError", "PretrainResult", "pretrain", "build_trainer"]

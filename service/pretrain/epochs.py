@@ -1,0 +1,109 @@
+"""What a worker does at each step and at each epoch's end: log (rank 0), show progress (rank 0),
+measure the kNN monitor (rank 0), checkpoint (rank 0) and report to Ray Train (every rank)."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from typing import Any
+
+import torch
+
+from moco_core.checkpoint import save_checkpoint
+from moco_core.config import ExperimentConfig
+from moco_core.data import Partition
+from moco_core.engine import TrainState
+from moco_core.monitor import can_monitor, knn_monitor, monitor_bank
+from moco_core.pipeline import eval_loader
+
+from ..progress import ProgressSender
+from .metrics import MetricLogger
+
+
+class EpochHooks:
+    """The ``on_step`` / ``on_epoch_end`` hooks of ``engine.fit`` on one worker."""
+
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        state: TrainState,
+        parts: dict[str, Partition],
+        loop_config: dict[str, Any],
+        rank: int,
+        device: torch.device,
+    ) -> None:
+        self.cfg, self.state, self.device, self.rank0 = cfg, state, device, rank == 0
+        self.total_steps = cfg.optim.epochs * state.steps_per_epoch
+        self.t_start, self.step_start = time.monotonic(), state.step
+        self.metrics: MetricLogger | None = None
+        self.progress: ProgressSender | None = None
+        self.monitor_parts: dict[str, Partition] = {}
+        if self.rank0:
+            self.metrics = MetricLogger(loop_config["tracking_uri"], loop_config["mlflow_run_id"])
+            self.progress = ProgressSender(loop_config.get("progress_queue"))
+            monitor_parts = {"train": parts["train"], "val": parts.get("val")}
+            if can_monitor(monitor_parts):
+                self.monitor_parts = monitor_parts  # type: ignore[assignment]
+                self.monitor_loaders = {k: eval_loader(cfg.data, p) for k, p in monitor_parts.items()}
+                self.bank = monitor_bank(cfg, parts["train"])
+
+    def resumed(self) -> None:
+        """Visible in the MLflow UI: the step where a restart resumed."""
+        if self.metrics is not None:
+            self.metrics.log({"train/resumed_at_step": self.state.step}, step=self.state.step)
+
+    def on_step(self, m: dict[str, float]) -> None:
+        step = self.state.step
+        if self.metrics is not None:
+            self.metrics.log({k: v for k, v in m.items() if k.startswith("train/")}, step=step)
+        if self.progress is not None:
+            done = step - self.step_start
+            eta = (time.monotonic() - self.t_start) / max(done, 1) * (self.total_steps - step)
+            self.progress.send(
+                {**m, "epochs": self.cfg.optim.epochs, "total_steps": self.total_steps, "eta_s": eta}
+            )
+
+    def on_epoch_end(self, st: TrainState, epoch_metrics: dict[str, float]) -> None:
+        import ray.train
+
+        cfg = self.cfg
+        report = {k: v for k, v in epoch_metrics.items() if k.startswith("train/")}
+        report.update(epoch=st.epoch, step=st.step)
+        final = st.epoch >= cfg.optim.epochs
+        knn_due = cfg.eval.knn_every_epochs and st.epoch % cfg.eval.knn_every_epochs == 0
+        if self.monitor_parts and (knn_due or final):
+            backbone = st.model.encoder_q.backbone
+            report.update(
+                knn_monitor(cfg, backbone, self.monitor_loaders, self.monitor_parts, self.bank, self.device)
+            )
+        if self.metrics is not None:
+            self.metrics.log({k: v for k, v in report.items() if k.startswith("eval/")}, step=st.step)
+            self.metrics.log({"train/epoch_loss": report["train/loss"]}, step=st.step)
+            self.metrics.flush()  # before the checkpoint: a restart skips what is already logged
+        if self.progress is not None:
+            self.progress.send(
+                {
+                    **report,
+                    "kind": "epoch",
+                    "epoch": st.epoch - 1,
+                    "epochs": cfg.optim.epochs,
+                    "total_steps": self.total_steps,
+                },
+                force=True,
+            )
+        if not (final or st.epoch % cfg.run.checkpoint_every_epochs == 0):
+            ray.train.report(report)
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = None
+            if self.rank0:  # every rank holds the same state; rank 0 writes it
+                save_checkpoint(st, tmp)
+                checkpoint = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(report, checkpoint=checkpoint, checkpoint_dir_name=f"epoch_{st.epoch:05d}")
+
+    def close(self) -> bool:
+        """Send what is left; ``False`` when some metrics could not be sent."""
+        return self.metrics is None or self.metrics.flush()
+
+
+__all__ = ["EpochHooks"]

@@ -1,0 +1,105 @@
+"""The function every Ray Train worker runs: rebuild the config, build the ``moco_core`` objects,
+restore the latest checkpoint if any, and ``engine.fit`` with the hooks of :mod:`.epochs`."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Any
+
+import torch
+
+from moco_core.checkpoint import load_checkpoint
+from moco_core.config import ExperimentConfig
+from moco_core.engine import TrainState, build_train_state, fit
+from moco_core.pipeline import pretrain_loader, steps_per_epoch
+
+from ..ray_cluster import quiet_ray_train_logs
+from .epochs import EpochHooks
+from .inputs import read_partitions
+
+log = logging.getLogger(__name__)
+
+
+def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
+    """Runs on every Ray Train worker. ``loop_config`` is plain data: the config as a dict, the MLflow
+    run and tracking URI, and the driver's progress queue."""
+    import ray.train
+    import ray.train.torch
+
+    quiet_ray_train_logs()
+    cfg = ExperimentConfig.model_validate(loop_config["experiment"])  # validated again on the worker
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, cfg.scaling.cpus_per_worker))
+
+    parts = read_partitions(cfg, check_files=False)
+    loader = pretrain_loader(cfg, parts["train"], rank, world, pin_memory=device.type == "cuda")
+    state = build_train_state(cfg, steps_per_epoch(len(parts["train"]), cfg), world, device)
+    resumed = restore(state)
+    hooks = EpochHooks(cfg, state, parts, loop_config, rank, device)
+    if resumed:
+        hooks.resumed()
+    forward = wrap_model(state, cfg, world)
+    fit(
+        state,
+        loader,
+        cfg,
+        device,
+        forward=forward,
+        on_step=hooks.on_step,
+        on_epoch_end=hooks.on_epoch_end,
+        world_size=world,
+    )
+    check_queues_identical(state)
+    if not hooks.close():
+        log.error("some metrics could not be sent to MLflow %s", loop_config["tracking_uri"])
+
+
+def restore(state: TrainState) -> bool:
+    """Continue from Ray Train's latest checkpoint, if there is one (a restarted worker, or a resumed
+    run). The checkpoint is read onto the CPU; ``load_state_dict`` places each tensor."""
+    import ray.train
+
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is None:
+        return False
+    with ckpt.as_directory() as d:
+        state.load_state_dict(load_checkpoint(d))
+    return True
+
+
+def wrap_model(state: TrainState, cfg: ExperimentConfig, world: int) -> torch.nn.Module:
+    """What the forward pass runs through: DDP when distributed, ``torch.compile`` when asked."""
+    import ray.train.torch
+
+    forward: torch.nn.Module = state.model
+    if world > 1:
+        warnings.filterwarnings("ignore", message=".*broadcast_buffers.*")  # still the right knob here
+        # Buffers (queue, BN statistics of encoder_k) are kept identical by construction; don't re-broadcast.
+        forward = ray.train.torch.prepare_model(
+            state.model, move_to_device=False, parallel_strategy_kwargs={"broadcast_buffers": False}
+        )
+    if cfg.run.compile:
+        forward = torch.compile(forward)
+    return forward
+
+
+def check_queues_identical(state: TrainState) -> None:
+    """At the end of a distributed run, every rank's queue (keys and pointer) equals rank 0's: the
+    invariant the all-gather before enqueue keeps. One broadcast of K x dim; raises if it broke."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_world_size() < 2:
+        return
+    queue = state.model.queue
+    for mine in (queue.keys.detach(), queue.ptr.detach()):
+        ref = mine.clone()
+        dist.broadcast(ref, src=0)
+        if not torch.equal(mine, ref):
+            raise RuntimeError(f"rank {dist.get_rank()}: the key queue differs from rank 0's")
+
+
+__all__ = ["train_fn_per_worker"]

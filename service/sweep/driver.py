@@ -1,0 +1,196 @@
+"""``moco tune`` on the driver: the driver-function pattern of Ray Train V2.
+
+Tune runs :func:`~service.sweep.trial.trial_fn` once per trial; it builds the trial's ``TorchTrainer``
+and fits it. Layout under ``run.storage_path`` (default ``./runs``)::
+
+    <name>-tune-<timestamp>/            Tune's experiment folder (what ``Tuner.restore`` reads)
+      moco_sweep.json                   the sweep record: config, MLflow parent run, status
+      trials/<trial id>/                each trial's Ray Train run: checkpoints, moco_run.json, result.json
+
+MLflow: one parent run per sweep, one child run per trial (:mod:`.finish` closes them).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from moco_core.config import ExperimentConfig
+from moco_core.monitor import check_monitor
+
+from .. import tracking
+from ..pretrain.inputs import absolute_data_paths, read_partitions
+from ..ray_cluster import ensure_ray
+from ..records import SweepRecord, storage_path_of, timestamped
+from .finish import finish
+from .progress import SweepProgress
+from .report import TrialRow, collect
+from .space import SweepError, default_concurrency, default_metric, param_space
+from .trial import trial_dirname, trial_fn
+
+DRIVER_MEMORY = 64 * 1024**2  # a trial driver asking for no CPU still needs a non-empty resource request
+
+
+@dataclass
+class SweepResult:
+    name: str
+    folder: str
+    parent_run_id: str
+    tracking_uri: str
+    metric: str
+    mode: str
+    trials: list[TrialRow] = field(default_factory=list)  # ranked
+    registered: dict[str, Any] | None = None
+
+
+def tune_sweep(
+    cfg: ExperimentConfig, *, resume: bool | str = False, address: str | None = None
+) -> SweepResult:
+    """Run (or, with ``resume``: the latest unfinished sweep of this experiment, or the one named,
+    resume) the sweep of ``cfg.tune`` on the cluster at ``address``; returns the ranked trials and the
+    best trial's registration."""
+    record = SweepRecord.to_resume(storage_path_of(cfg), cfg.name, resume, SweepError) if resume else None
+    if record is not None:
+        cfg = record.experiment()
+        say(f"resuming sweep {record.name} (MLflow parent run {record.parent_run_id}) from {record.folder}")
+    if cfg.tune is None:
+        raise SweepError(
+            f"experiment {cfg.name!r} has no tune: section; see docs/tune.md "
+            "(experiments/digits_tune.yaml is an example)"
+        )
+    cfg = absolute_data_paths(cfg)
+    parts = read_partitions(cfg, check_files=True)  # dataset faults stop here, before Ray starts
+    check_monitor(cfg, parts)
+    metric = default_metric(cfg, parts)
+    uri = record.tracking_uri if record is not None else tracking.resolve_tracking_uri(cfg.tracking.uri)
+    tracking.check_reachable(uri)
+    if record is not None:
+        record.mark("running")
+    else:
+        record = new_sweep(cfg, uri, metric)
+    ensure_ray(address)
+    results = fit(build_tuner(cfg, record, resume=bool(resume)), record)
+    rows = collect(results, record, cfg, list(cfg.tune.space.dims()))
+    if not any(r.status == "finished" for r in rows):
+        record.mark("failed")
+        raise SweepError(
+            f"no trial of sweep {record.name} finished; see the trial errors under {record.folder}, "
+            f"fix the cause, then: moco tune FILE --resume {record.name}"
+        )
+    registered = finish(rows, record, cfg, parts["train"])
+    record.mark("finished")
+    return SweepResult(
+        name=record.name,
+        folder=str(record.folder),
+        parent_run_id=record.parent_run_id,
+        tracking_uri=uri,
+        metric=metric,
+        mode=record.mode,
+        trials=rows,
+        registered=registered,
+    )
+
+
+def say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def new_sweep(cfg: ExperimentConfig, uri: str, metric: str) -> SweepRecord:
+    """A new MLflow parent run and the record that finds the sweep again."""
+    assert cfg.tune is not None
+    name = timestamped(f"{cfg.name}-tune")
+    mode = cfg.tune.resolved_mode(metric)
+    parent = tracking.start_run(
+        uri, cfg, name, tags={"moco.sweep": name, "moco.tune.metric": metric, "moco.tune.mode": mode}
+    )
+    record = SweepRecord(
+        name=name,
+        storage_path=storage_path_of(cfg),
+        parent_run_id=parent,
+        tracking_uri=uri,
+        metric=metric,
+        mode=mode,
+        config=cfg.model_dump(mode="json"),
+        created=datetime.now().isoformat(),
+    )
+    record.save()
+    say(f"sweep {name}: MLflow parent run {parent} at {uri}")
+    return record
+
+
+def build_tuner(cfg: ExperimentConfig, record: SweepRecord, *, resume: bool) -> Any:
+    """The ``Tuner`` of the sweep (restored from its folder on resume): ``trial_fn`` with the sweep's
+    context, the search space, ASHA, and one progress line per trial event."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import BasicVariantGenerator
+
+    assert cfg.tune is not None
+    keys = list(cfg.tune.space.dims())
+    ctx = {
+        "experiment": cfg.model_dump(mode="json"),
+        "keys": keys,
+        "trials_dir": str(record.trials_dir),
+        "parent_run_id": record.parent_run_id,
+        "tracking_uri": record.tracking_uri,
+        "sweep": record.name,
+    }
+    driver = (
+        {"cpu": cfg.tune.driver_cpus} if cfg.tune.driver_cpus > 0 else {"cpu": 0, "memory": DRIVER_MEMORY}
+    )
+    trainable = tune.with_resources(tune.with_parameters(trial_fn, ctx=ctx), driver)
+    if resume:
+        return tune.Tuner.restore(
+            record.folder, trainable=trainable, resume_unfinished=True, resume_errored=True
+        )
+    asha = cfg.tune.asha
+    scheduler = (
+        ASHAScheduler(
+            time_attr="epoch",
+            max_t=cfg.optim.epochs,
+            grace_period=asha.grace_period,
+            reduction_factor=asha.reduction_factor,
+        )
+        if asha
+        else None
+    )
+    search = BasicVariantGenerator(
+        max_concurrent=cfg.tune.max_concurrent_trials or default_concurrency(cfg),
+        random_state=cfg.tune.seed if cfg.tune.seed is not None else cfg.run.seed,
+    )
+    return tune.Tuner(
+        trainable,
+        param_space=param_space(cfg.tune),
+        tune_config=tune.TuneConfig(
+            metric=record.metric,
+            mode=record.mode,
+            num_samples=cfg.tune.num_samples,
+            search_alg=search,
+            scheduler=scheduler,
+            trial_dirname_creator=trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=record.name,
+            storage_path=record.storage_path,
+            failure_config=tune.FailureConfig(max_failures=cfg.tune.max_failures),
+            callbacks=[SweepProgress(cfg.optim.epochs, keys, record.metric, asha is not None)],
+            verbose=0,
+        ),
+    )
+
+
+def fit(tuner: Any, record: SweepRecord) -> Any:
+    """``tuner.fit()``; a failure marks the sweep failed and says how to continue it."""
+    try:
+        return tuner.fit()
+    except Exception as e:
+        record.mark("failed")
+        raise SweepError(
+            f"sweep failed: {e}\nFinished trials are kept under {record.folder}; "
+            f"continue with: moco tune FILE --resume {record.name}"
+        ) from e
+
+
+__all__ = ["SweepResult", "tune_sweep"]

@@ -1,0 +1,71 @@
+"""The sweep's search, as Ray Tune objects: the metric that ranks trials, the parameter space, and how
+many trials run at once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from moco_core.config import ExperimentConfig, TuneConfig
+from moco_core.errors import UserError
+from moco_core.monitor import can_monitor, monitor_metric
+
+
+class SweepError(UserError, RuntimeError):
+    """A sweep could not start or finish; the message says why and what to do."""
+
+
+def default_metric(cfg: ExperimentConfig, parts: dict) -> str:
+    """``tune.metric``, else ``eval/knn_top1`` (multi-class) or ``eval/knn_auroc`` (binary, multi-label)."""
+    usable = can_monitor(parts)
+    metric = cfg.tune.metric if cfg.tune else None
+    if metric is None:
+        if not usable:
+            raise SweepError(
+                f"{cfg.data.root} has no labelled val partition, so the kNN monitor cannot rank trials: "
+                "add val.csv with labels, or set tune.metric: train/loss (only comparable at equal T and K)"
+            )
+        return monitor_metric(parts["train"])
+    if metric.startswith("eval/"):
+        kind = parts["train"].label_kind if usable else "none"
+        expected = monitor_metric(parts["train"]) if usable else "eval/knn_auroc"
+        if not usable or metric != expected:
+            raise SweepError(
+                f"tune.metric={metric} is not measured on {cfg.data.root} (labels: {kind}); "
+                f"use {expected if usable else 'train/loss'}"
+            )
+    return metric
+
+
+def param_space(tune_cfg: TuneConfig) -> dict[str, Any]:
+    """``{"moco.temperature": tune.grid_search([...]), ...}``; integer ranges include both ends."""
+    from ray import tune
+
+    space: dict[str, Any] = {}
+    for key, dim in tune_cfg.space.dims().items():
+        if dim.values is not None:
+            space[key] = (
+                tune.grid_search(dim.values) if tune_cfg.search == "grid" else tune.choice(dim.values)
+            )
+        elif dim.uniform is not None:
+            space[key] = tune.uniform(*dim.uniform)
+        elif dim.loguniform is not None:
+            space[key] = tune.loguniform(*dim.loguniform)
+        elif dim.randint is not None:
+            space[key] = tune.randint(dim.randint[0], dim.randint[1] + 1)
+        elif dim.lograndint is not None:
+            space[key] = tune.lograndint(dim.lograndint[0], dim.lograndint[1] + 1)
+    return space
+
+
+def default_concurrency(cfg: ExperimentConfig) -> int:
+    """As many trials as the cluster's CPUs (and GPUs) hold at once, at least one."""
+    import ray
+
+    total = ray.cluster_resources()
+    n = int(total.get("CPU", 1) // (cfg.scaling.workers * cfg.scaling.cpus_per_worker))
+    if cfg.scaling.use_gpu:
+        n = min(n, int(total.get("GPU", 0) // cfg.scaling.workers))
+    return max(1, n)
+
+
+__all__ = ["SweepError", "default_metric", "param_space", "default_concurrency"]
