@@ -16,9 +16,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from .backbones import create_backbone
 from .config import ExperimentConfig
 from .engine import TrainState
-from .model import build_moco
 
 CHECKPOINT_FILE = "state.pt"
 BACKBONE_PREFIX = "encoder_q.backbone."  # the query encoder's backbone: what gets exported
@@ -38,10 +38,16 @@ def load_checkpoint(folder: str | Path) -> dict[str, Any]:
     return torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
 
 
+def restore(state: TrainState, folder: str | Path) -> None:
+    """Continue ``state`` from the checkpoint in ``folder``, wherever ``state`` lives (CPU or GPU): the
+    file is read onto the CPU and ``load_state_dict`` places every tensor."""
+    state.load_state_dict(load_checkpoint(folder))
+
+
 def backbone_from_checkpoint(cfg: ExperimentConfig, state_dict: dict[str, Any]) -> nn.Module:
-    """The query encoder's backbone of a training checkpoint, in eval mode."""
-    model = build_moco(cfg, world_size=1)
-    backbone = model.encoder_q.backbone
+    """The query encoder's backbone of a training checkpoint, as a plain backbone (batch norm, whatever
+    the training used) in eval mode."""
+    backbone = create_backbone(cfg.model.arch, cfg.data.channels, cfg.model.small_image_stem)
     n = len(BACKBONE_PREFIX)
     backbone.load_state_dict(
         {k[n:]: v for k, v in state_dict["model"].items() if k.startswith(BACKBONE_PREFIX)}
@@ -49,4 +55,4 @@ def backbone_from_checkpoint(cfg: ExperimentConfig, state_dict: dict[str, Any]) 
     return backbone.eval()
 
 
-__all__ = ["CHECKPOINT_FILE", "save_checkpoint", "load_checkpoint", "backbone_from_checkpoint"]
+__all__ = ["CHECKPOINT_FILE", "save_checkpoint", "load_checkpoint", "restore", "backbone_from_checkpoint"]

@@ -16,11 +16,14 @@ def moco_logits(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperatu
         temperature: T.
 
     Returns:
-        N x (1 + K) logits divided by T.
+        N x (1 + K) logits divided by T, in fp32 whatever autocast is active: a bf16 ``q @ queue``
+        would round every negative's similarity (and cast a fresh copy of the queue each step).
     """
-    l_pos = (q * k).sum(dim=1, keepdim=True)  # N x 1
-    l_neg = q @ queue.to(q.dtype)  # N x K
-    return torch.cat([l_pos, l_neg], dim=1) / temperature  # N x (1+K)
+    with torch.autocast(q.device.type, enabled=False):
+        q = q.float()  # N x C
+        l_pos = (q * k.float()).sum(dim=1, keepdim=True)  # N x 1
+        l_neg = q @ queue.float()  # N x K (the fp32 queue itself: .float() is a no-op, not a copy)
+        return torch.cat([l_pos, l_neg], dim=1) / temperature  # N x (1+K)
 
 
 def info_nce(logits: torch.Tensor) -> torch.Tensor:

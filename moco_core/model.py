@@ -84,11 +84,12 @@ class MoCo(nn.Module):
         split_groups: int = 8,
     ) -> None:
         super().__init__()
+        if shuffle == "split":  # both encoders, as the reference's single-GPU demo: the query
+            # encoder's BN must not see the whole batch either (its positive's group would lie inside it)
+            convert_split_bn(encoder_q, split_groups)
         self.encoder_q = encoder_q
         self.encoder_k = copy.deepcopy(encoder_q)
         self.encoder_k.requires_grad_(False)
-        if shuffle == "split":
-            convert_split_bn(self.encoder_k, split_groups)
         self.shuffle = shuffle
         self.temperature = temperature
         self.queue = KeyQueue(dim, queue_size)
@@ -102,20 +103,20 @@ class MoCo(nn.Module):
 
     @torch.no_grad()
     def encode_keys(self, im_k: torch.Tensor) -> torch.Tensor:
-        """Keys (N x dim, unit norm) with the batch composition changed for BN."""
+        """Keys (N x dim, unit norm, fp32) with the batch composition changed for BN."""
         if self.shuffle == "distributed":
             x, idx = batch_shuffle_distributed(im_k)
-            k = F.normalize(self.encoder_k(x), dim=1)
+            k = F.normalize(self.encoder_k(x).float(), dim=1)
             return batch_unshuffle_distributed(k, idx)
         if self.shuffle == "split":
             x, idx = batch_shuffle(im_k)
-            k = F.normalize(self.encoder_k(x), dim=1)
+            k = F.normalize(self.encoder_k(x).float(), dim=1)
             return batch_unshuffle(k, idx)
-        return F.normalize(self.encoder_k(im_k), dim=1)
+        return F.normalize(self.encoder_k(im_k).float(), dim=1)
 
     def forward(self, im_q: torch.Tensor, im_k: torch.Tensor) -> MocoOutput:
-        k = self.encode_keys(im_k)  # N x C
-        q = F.normalize(self.encoder_q(im_q), dim=1)  # N x C
+        k = self.encode_keys(im_k)  # N x C, fp32
+        q = F.normalize(self.encoder_q(im_q).float(), dim=1)  # N x C, fp32
         logits = moco_logits(q, k, self.queue.keys, self.temperature)  # N x (1+K)
         return MocoOutput(logits=logits, q=q, k=k)
 

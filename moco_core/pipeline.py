@@ -59,13 +59,16 @@ class PretrainViews(Dataset):
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         i, epoch = key
         img, _ = self.images[i]
-        # Seeding the global RNG is safe here: each DataLoader worker is its own process.
-        state = torch.random.get_rng_state()
-        torch.manual_seed(hash((self.seed, epoch, i)) & 0x7FFF_FFFF_FFFF_FFFF)
+        # The transforms draw from the CPU's default generator: seed that one only, and give its state
+        # back. (torch.manual_seed would reseed every CUDA generator too: with no loader workers, the
+        # shuffle-BN permutation on the GPU would become a function of the last image.)
+        cpu = torch.random.default_generator
+        state = cpu.get_state()
+        cpu.manual_seed(hash((self.seed, epoch, i)) & 0x7FFF_FFFF_FFFF_FFFF)
         try:
             return self.views(img)
         finally:
-            torch.random.set_rng_state(state)
+            cpu.set_state(state)
 
 
 def _loader_kwargs(num_workers: int, pin_memory: bool) -> dict:

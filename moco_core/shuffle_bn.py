@@ -100,11 +100,12 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
             return torch.cat([super(SplitBatchNorm2d, self).forward(chunk) for chunk in x.tensor_split(g)])
         # Splitting the batch dimension is a view in any memory format (channels_last included).
         xg = x.view(g, n // g, c, h, w)
-        var, mean = torch.var_mean(xg, dim=(1, 3, 4), correction=0, keepdim=True)  # G x 1 x C x 1 x 1
-        scale = torch.rsqrt(var.float() + self.eps)
+        # statistics in fp32 whatever the activations' dtype (bf16 sums over N/G x H x W lose digits)
+        var, mean = torch.var_mean(xg.float(), dim=(1, 3, 4), correction=0, keepdim=True)  # G x 1 x C x 1 x 1
+        scale = torch.rsqrt(var + self.eps)
         if self.affine:
             scale = scale * self.weight.view(1, 1, c, 1, 1)
-        shift = -mean.float() * scale
+        shift = -mean * scale
         if self.affine:
             shift = shift + self.bias.view(1, 1, c, 1, 1)
         # one fused pass over the activations: x * scale + shift
@@ -113,8 +114,8 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
             with torch.no_grad():
                 m = self.momentum if self.momentum is not None else 0.1
                 count = (n // g) * h * w
-                batch_mean = mean.float().mean(dim=0).view(c)
-                batch_var = var.float().mean(dim=0).view(c) * (count / max(count - 1, 1))  # unbiased
+                batch_mean = mean.mean(dim=0).view(c)
+                batch_var = var.mean(dim=0).view(c) * (count / max(count - 1, 1))  # unbiased
                 self.running_mean.lerp_(batch_mean.to(self.running_mean.dtype), m)
                 self.running_var.lerp_(batch_var.to(self.running_var.dtype), m)
                 self.num_batches_tracked.add_(1)

@@ -83,3 +83,41 @@ def test_checkpoint_round_trip_continues_identically(digits_root, tmp_path):
     assert int(a["queue.ptr"]) == int(b["queue.ptr"])
     for k in a:
         assert torch.allclose(a[k].float(), b[k].float(), atol=1e-5), k
+
+
+@pytest.mark.filterwarnings("ignore:.*meta parameter")
+def test_restore_onto_another_device_than_the_checkpoints(tmp_path):
+    """A checkpoint is read onto the CPU and ``load_state_dict`` places each tensor: restoring into a state
+    on another device works (the RNG states stay CPU tensors). Mapping the file straight to the target
+    device, as a GPU resume did, fails at ``set_rng_state``."""
+    from moco_core.checkpoint import load_checkpoint, restore, save_checkpoint
+
+    cfg = ExperimentConfig.model_validate(
+        {
+            "data": {"image_size": 8, "channels": 1},
+            "moco": {"queue_size": 16, "split_bn_groups": 2},
+            "optim": {"batch_size": 4, "epochs": 1},
+        }
+    )
+    source = build_train_state(cfg, steps_per_epoch=3)
+    x = torch.randn(4, 1, 8, 8)
+    train_step(source.model, source, x, x, cfg, torch.device("cpu"))
+    save_checkpoint(source, tmp_path)
+    assert all(t.device.type == "cpu" for t in _tensors(load_checkpoint(tmp_path)))
+
+    elsewhere = build_train_state(cfg, steps_per_epoch=3, device="meta")  # not the checkpoint's device
+    restore(elsewhere, tmp_path)
+    assert elsewhere.step == 1 and elsewhere.model.queue.keys.device.type == "meta"
+    with pytest.raises(TypeError, match="RNG state must be a torch.ByteTensor"):
+        elsewhere.load_state_dict(torch.load(tmp_path / "state.pt", map_location="meta", weights_only=True))
+
+
+def _tensors(d):
+    if isinstance(d, torch.Tensor):
+        yield d
+    elif isinstance(d, dict):
+        for v in d.values():
+            yield from _tensors(v)
+    elif isinstance(d, (list, tuple)):
+        for v in d:
+            yield from _tensors(v)

@@ -63,3 +63,17 @@ def test_queue_is_not_copied():
         assert "modified by an inplace operation" in str(e)
     else:  # pragma: no cover
         raise AssertionError("expected autograd to see the queue itself, not a copy")
+
+
+def test_logits_stay_fp32_under_bf16_autocast():
+    torch.manual_seed(0)
+    q = F.normalize(torch.randn(8, 16), dim=1)
+    k = F.normalize(torch.randn(8, 16), dim=1)
+    queue = F.normalize(torch.randn(16, 512), dim=0)
+    exact = torch.cat([(q * k).sum(1, keepdim=True), q @ queue], dim=1) / 0.07
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = moco_logits(q, k, queue, 0.07)
+        rounded = torch.cat([(q * k).sum(1, keepdim=True), q @ queue], dim=1) / 0.07  # what autocast does
+    assert logits.dtype == torch.float32
+    assert torch.allclose(logits, exact, atol=1e-5)
+    assert (rounded.float() - exact).abs().max() > 1e-3  # bf16 would have rounded the negatives

@@ -92,6 +92,59 @@ def test_convert_keeps_state_dict_keys():
     assert isinstance(net[1], SplitBatchNorm2d) and isinstance(net[2][0], SplitBatchNorm2d)
 
 
+def test_split_bn_statistics_are_fp32_under_bf16_activations():
+    torch.manual_seed(0)
+    x = (torch.randn(64, 3, 16, 16) * 0.01 + 3.0).to(torch.bfloat16)  # a large mean, a small spread
+    bn = SplitBatchNorm2d(3, num_splits=4, momentum=1.0).train()
+    bn(x)
+    exact = x.float().view(4, 16, 3, 16, 16).var(dim=(1, 3, 4), correction=0).mean(dim=0)
+    count = 16 * 16 * 16
+    assert torch.allclose(bn.running_var, exact * count / (count - 1), rtol=1e-4)
+    bf16_var = torch.var_mean(x.view(4, 16, 3, 16, 16), dim=(1, 3, 4), correction=0)[0].float().mean(dim=0)
+    assert not torch.allclose(bf16_var, exact, rtol=1e-4)  # bf16 statistics: rounded to 8 bits
+
+
+def test_split_bn_converts_both_encoders_with_the_same_keys():
+    from moco_core.config import ExperimentConfig
+    from moco_core.model import build_moco
+
+    cfg = ExperimentConfig.model_validate(
+        {
+            "data": {"image_size": 8},
+            "moco": {"queue_size": 16, "split_bn_groups": 2},
+            "optim": {"batch_size": 8},
+        }
+    )
+    split, plain = build_moco(cfg, world_size=1), build_moco(cfg, world_size=2)  # split BN | distributed
+    for encoder in (split.encoder_q, split.encoder_k):
+        bns = [m for m in encoder.modules() if isinstance(m, nn.BatchNorm2d)]
+        assert bns and all(isinstance(m, SplitBatchNorm2d) and m.num_splits == 2 for m in bns)
+    assert not any(isinstance(m, SplitBatchNorm2d) for m in plain.modules())
+    assert list(split.state_dict()) == list(plain.state_dict())  # checkpoints and exports line up
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"optim": {"batch_size": 12}, "moco": {"split_bn_groups": 8}}, "multiple of 8"),
+        ({"optim": {"batch_size": 20}, "moco": {"split_bn_groups": 8}}, "multiple of 8"),
+        (
+            {
+                "optim": {"batch_size": 24},
+                "moco": {"shuffle_bn": "split", "split_bn_groups": 8},
+                "scaling": {"workers": 2},
+            },
+            "each worker's 12 images",
+        ),
+    ],
+)
+def test_split_bn_groups_must_divide_each_workers_batch(overrides, message):
+    from moco_core.config import ConfigError, config_from_dict
+
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict(overrides)
+
+
 # ---------------------------------------------------------------------------------------------
 # the distributed path, for real: 2 processes, gloo
 

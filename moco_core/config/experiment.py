@@ -100,7 +100,13 @@ class ExperimentConfig(Strict):
                 "moco.shuffle_bn=distributed needs scaling.workers >= 2; "
                 "use 'split' (or 'auto') for one worker"
             )
-        if self.moco.shuffle_bn in ("split", "auto") and w == 1:
+        if self.resolved_shuffle_bn(w) == "split":
+            g = self.moco.split_bn_groups
+            if per_worker % g:
+                raise ValueError(
+                    f"split BN puts each worker's {per_worker} images into moco.split_bn_groups={g} groups "
+                    f"of equal size: optim.batch_size / scaling.workers must be a multiple of {g}"
+                )
             if per_worker < 2 * self.moco.split_bn_groups:
                 raise ValueError(
                     f"split BN puts {per_worker} images into "

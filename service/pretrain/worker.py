@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from moco_core.checkpoint import load_checkpoint
+from moco_core.checkpoint import restore as restore_checkpoint
 from moco_core.config import ExperimentConfig
 from moco_core.engine import TrainState, build_train_state, fit
 from moco_core.pipeline import pretrain_loader, steps_per_epoch
@@ -67,7 +67,7 @@ def restore(state: TrainState) -> bool:
     if ckpt is None:
         return False
     with ckpt.as_directory() as d:
-        state.load_state_dict(load_checkpoint(d))
+        restore_checkpoint(state, d)
     return True
 
 
