@@ -219,7 +219,18 @@ def test_resume_after_driver_crash_equals_uninterrupted_run(ray_cluster, digits_
         pretrain(cfg_b, resume=True)  # finished runs are not resumed again
 
 
-def test_non_finite_loss_stops_with_clear_error_and_keeps_checkpoint(ray_cluster, digits_root, tmp_path):
+def _printer():
+    import io
+
+    from service.progress import ProgressPrinter
+
+    stream = io.StringIO()
+    return ProgressPrinter(stream), stream
+
+
+def test_non_finite_loss_stops_at_once_with_clear_error_and_keeps_checkpoint(
+    ray_cluster, digits_root, tmp_path
+):
     cfg = small_config(
         digits_root,
         tmp_path,
@@ -227,14 +238,60 @@ def test_non_finite_loss_stops_with_clear_error_and_keeps_checkpoint(ray_cluster
         "optim.batch_size=16",
         "optim.epochs=3",
         "run.max_steps_per_epoch=1",
-        "run.max_failures=0",
+        "run.max_failures=2",  # a fault of the run itself: not retried
         "eval.knn_every_epochs=0",
         "moco.split_bn_groups=2",
     )
+    printer, out = _printer()
     with pytest.raises(PretrainError, match="non-finite loss") as err:
-        pretrain(cfg)
+        pretrain(cfg, printer=printer)
     assert "--resume" in str(err.value)
+    assert "starting again" not in out.getvalue()  # no retry
     assert list((tmp_path / "runs").glob("*/epoch_00001/state.pt"))  # the last good checkpoint stays
+
+
+def test_unreadable_image_found_by_a_worker_ends_the_run_at_once(ray_cluster, digits_root, tmp_path):
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(digits_root, root)
+    victim = sorted((root / "train").rglob("*.png"))[3]
+    victim.write_bytes(victim.read_bytes()[:40])  # exists (the driver's check passes), cannot be decoded
+    cfg = small_config(root, tmp_path, "run.max_failures=2", "optim.epochs=1", "run.max_steps_per_epoch=1")
+    printer, out = _printer()
+    t0 = time.monotonic()
+    with pytest.raises(PretrainError, match=victim.name) as err:
+        pretrain(cfg, printer=printer)
+    assert "unreadable image" in str(err.value) and "train.csv line" in str(err.value)
+    assert "starting again" not in out.getvalue()
+    print(f"failed after {time.monotonic() - t0:.1f} s")
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            ["scaling.use_gpu=true"],
+            r"scaling.use_gpu=true\).*local Ray cluster: it has 1 node\(s\) with 2 CPUs and "
+            r"no GPU; set scaling.use_gpu=false",
+        ),
+        (
+            ["scaling.workers=2", "scaling.cpus_per_worker=2"],
+            r"2 workers of 2 CPU each .* lower scaling.workers",
+        ),
+    ],
+)
+def test_a_run_the_local_cluster_cannot_hold_fails_before_ray_train(
+    ray_cluster, digits_root, tmp_path, overrides, message
+):
+    from service.ray_cluster import ResourcesError
+
+    cfg = small_config(digits_root, tmp_path, *overrides)
+    t0 = time.monotonic()
+    with pytest.raises(ResourcesError, match=message):
+        pretrain(cfg)
+    assert time.monotonic() - t0 < 60  # no wait on a local cluster (Ray Train would wait forever)
+    assert not (tmp_path / "runs").exists()  # nothing was started
 
 
 def test_dataset_fault_stops_before_ray(digits_root, tmp_path):

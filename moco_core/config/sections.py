@@ -66,6 +66,8 @@ class ScalingConfig(Strict):
     workers: int = Field(1, ge=1)
     use_gpu: bool = False
     cpus_per_worker: int = Field(1, ge=1)
+    # on a cluster named by an address (it may add nodes): how long to wait for room for the workers
+    wait_for_resources_s: float = Field(300.0, ge=0.0)
 
 
 class RunConfig(Strict):

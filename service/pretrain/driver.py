@@ -23,9 +23,10 @@ from moco_core.pipeline import queue_size_warning
 from .. import tracking
 from ..plots import log_run_plots
 from ..progress import ProgressPrinter, ProgressRelay
-from ..ray_cluster import ensure_ray
+from ..ray_cluster import check_resources, ensure_ray
 from ..records import RunRecord, storage_path_of, timestamped
 from ..registry.publish import publish_encoder
+from .failures import fault_of_the_run, fit_with_retries
 from .inputs import absolute_data_paths, read_partitions
 from .worker import train_fn_per_worker
 
@@ -65,13 +66,13 @@ def pretrain(
     train_p = check_inputs(cfg, printer)
     uri = record.tracking_uri if record is not None else tracking.resolve_tracking_uri(cfg.tracking.uri)
     tracking.check_reachable(uri)  # an unreachable MLflow stops here too
+    check_resources(cfg.scaling, remote=ensure_ray(address))  # and workers the cluster cannot hold
     if record is not None:
         record.mark("running")
     else:
         record = new_run(cfg, uri, printer)
-    ensure_ray(address)
     with ProgressRelay(printer) as relay:
-        result = fit(build_trainer(cfg, record, progress_queue=relay.queue), record)
+        result = fit(lambda: build_trainer(cfg, record, progress_queue=relay.queue), cfg, record, printer)
     return finish(cfg, record, result, train_p)
 
 
@@ -128,21 +129,23 @@ def build_trainer(
         run_config=RunConfig(
             name=record.name,
             storage_path=record.storage_path,
-            failure_config=FailureConfig(max_failures=cfg.run.max_failures),
+            failure_config=FailureConfig(max_failures=0),  # retries: fit_with_retries
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             callbacks=callbacks or None,
         ),
     )
 
 
-def fit(trainer: Any, record: RunRecord) -> Any:
-    """``trainer.fit()``; a failure marks the run failed and says how to continue it."""
+def fit(make_trainer: Any, cfg: ExperimentConfig, record: RunRecord, printer: ProgressPrinter) -> Any:
+    """Fit (retrying faults of the world, see :mod:`.failures`); a failure marks the run failed and says
+    how to continue it."""
     try:
-        return trainer.fit()
+        return fit_with_retries(make_trainer, cfg.run.max_failures, printer.message)
     except Exception as e:
         record.mark("failed")
         raise PretrainError(
-            f"training failed: {e}\nThe last checkpoint is kept under {record.folder}; "
+            f"training failed: {fault_of_the_run(e) or e}\n"
+            f"The last checkpoint is kept under {record.folder}; "
             f"fix the cause, then continue with: moco pretrain FILE --resume {record.name}"
         ) from e
 

@@ -22,7 +22,7 @@ from moco_core.monitor import check_monitor
 
 from .. import tracking
 from ..pretrain.inputs import absolute_data_paths, read_partitions
-from ..ray_cluster import ensure_ray
+from ..ray_cluster import check_resources, ensure_ray
 from ..records import SweepRecord, storage_path_of, timestamped
 from .finish import finish
 from .progress import SweepProgress
@@ -66,11 +66,11 @@ def tune_sweep(
     metric = default_metric(cfg, parts)
     uri = record.tracking_uri if record is not None else tracking.resolve_tracking_uri(cfg.tracking.uri)
     tracking.check_reachable(uri)
+    check_resources(cfg.scaling, remote=ensure_ray(address))
     if record is not None:
         record.mark("running")
     else:
         record = new_sweep(cfg, uri, metric)
-    ensure_ray(address)
     results = fit(build_tuner(cfg, record, resume=bool(resume)), record)
     rows = collect(results, record, cfg, list(cfg.tune.space.dims()))
     if not any(r.status == "finished" for r in rows):
