@@ -39,7 +39,7 @@ import posixpath
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Literal
 
@@ -103,6 +103,14 @@ class Partition:
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    def take(self, rows: Sequence[int] | np.ndarray) -> Partition:
+        """This partition restricted to ``rows`` (indices into it), in that order."""
+        idx = [int(i) for i in rows]
+        targets = None if self.targets is None else self.targets[np.asarray(idx, dtype=np.int64)]
+        return replace(
+            self, rows=[self.rows[i] for i in idx], paths=[self.paths[i] for i in idx], targets=targets
+        )
 
     def relpath(self, i: int) -> str:
         """``"train/a/b.png"``: how faults name image ``i``."""

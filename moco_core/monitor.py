@@ -1,15 +1,19 @@
 """The kNN monitor of a pretraining run: how well frozen features of ``val`` vote with labelled
-``train`` features, measured during training on rank 0.
+``train`` features, measured during training.
 
 The bank is a stratified, seeded ``eval.knn_label_fraction`` of the labelled train images (all by
-default): with few labels is where pretraining shows. A score with a fraction of the labels is another
-measure than one with all of them, so it is registered under another name (:func:`scored_as`).
+default): with few labels is where pretraining shows. Only the bank's rows are encoded, on the
+training device, and every rank encodes its share of them (and of ``val``): the features are gathered,
+so the monitor costs each rank 1/world of the encoding, and no rank waits for rank 0 alone. A score with
+a fraction of the labels is another measure than one with all of them, so it is registered under
+another name (:func:`scored_as`).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from .config import ConfigError, ExperimentConfig
@@ -19,6 +23,8 @@ from .eval.fractions import label_subset
 from .eval.knn import knn_metric
 from .eval.metrics import metric_name
 from .eval.task import EvaluationError
+from .pipeline import eval_loader
+from .shuffle_bn import concat_all_gather
 
 
 def can_monitor(parts: dict[str, Partition | None]) -> bool:
@@ -56,30 +62,68 @@ def scored_as(cfg: ExperimentConfig, metric: str) -> str:
     return f"{metric}@{f:g}" if metric.startswith("eval/knn_") and f < 1.0 else metric
 
 
-def knn_monitor(
-    cfg: ExperimentConfig,
-    backbone: nn.Module,
-    loaders: dict,
-    parts: dict[str, Partition],
-    bank: np.ndarray,
-    device: torch.device | str = "cpu",
-) -> dict[str, float]:
-    """``val`` against the ``bank`` rows of ``train``: ``{"eval/knn_top1": value}`` (``eval/knn_auroc``
-    for binary and multi-label). ``loaders`` hold deterministic ``(image, index)`` batches of both."""
-    train_p, val_p = parts["train"], parts["val"]
-    feats_train = extract_features(backbone, loaders["train"], device, cfg.run.channels_last)[bank]  # n x D
-    feats_val = extract_features(backbone, loaders["val"], device, cfg.run.channels_last)  # M x D
-    name, value = knn_metric(
-        feats_train,
-        train_p.targets[bank],
-        feats_val,
-        val_p.targets,
-        train_p.label_kind,
-        len(train_p.classes),
-        k=cfg.eval.knn_k,
-        t=cfg.eval.knn_t,
-    )
-    return {f"eval/{name}": value}
+class KnnMonitor:
+    """The monitor of one run on one rank (``rank`` of ``world``; every rank builds one and calls
+    :meth:`measure` at the same epochs: it gathers the features of all ranks)."""
+
+    def __init__(
+        self, cfg: ExperimentConfig, parts: dict[str, Partition], rank: int = 0, world: int = 1
+    ) -> None:
+        self.cfg, self.rank, self.world = cfg, rank, world
+        self.bank = parts["train"].take(monitor_bank(cfg, parts["train"]))  # the labelled rows only
+        self.val = parts["val"]
+        self.loaders = {
+            name: eval_loader(cfg.data, shard(p, rank, world))
+            for name, p in (("bank", self.bank), ("val", self.val))
+        }
+
+    def measure(self, backbone: nn.Module, device: torch.device | str = "cpu") -> dict[str, float]:
+        """``{"eval/knn_top1": value}`` (``eval/knn_auroc`` for binary and multi-label): ``val`` voted
+        with the bank, k and T of ``eval``."""
+        feats = {}
+        for name, part in (("bank", self.bank), ("val", self.val)):
+            mine = extract_features(
+                backbone, self.loaders[name], device, self.cfg.run.channels_last
+            )  # n_r x D
+            feats[name] = gather_rows(mine.to(device), len(part), self.world)  # n x D
+        name, value = knn_metric(
+            feats["bank"],
+            self.bank.targets,
+            feats["val"],
+            self.val.targets,
+            self.bank.label_kind,
+            len(self.bank.classes),
+            k=self.cfg.eval.knn_k,
+            t=self.cfg.eval.knn_t,
+        )
+        return {f"eval/{name}": value}
 
 
-__all__ = ["can_monitor", "monitor_metric", "monitor_bank", "check_monitor", "scored_as", "knn_monitor"]
+def shard(partition: Partition, rank: int, world: int) -> Partition:
+    """Rank ``rank``'s share of ``partition``: rows ``rank, rank + world, ...``."""
+    return partition.take(range(rank, len(partition), world))
+
+
+def gather_rows(mine: torch.Tensor, n: int, world: int) -> torch.Tensor:
+    """The n x D rows of all ranks, in partition order, from each rank's :func:`shard` (rank r holds
+    rows r, r + world, ...; shards differ in length by at most one, so they are padded to gather)."""
+    if world == 1 or not (dist.is_available() and dist.is_initialized()):
+        return mine
+    per = -(-n // world)  # ceil
+    padded = torch.zeros(per, mine.shape[1], dtype=mine.dtype, device=mine.device)
+    padded[: len(mine)] = mine
+    gathered = concat_all_gather(padded).view(world, per, -1)  # world x per x D
+    # row j of rank r is row r + j * world: read the grid column by column
+    return gathered.transpose(0, 1).reshape(world * per, -1)[:n]
+
+
+__all__ = [
+    "can_monitor",
+    "monitor_metric",
+    "monitor_bank",
+    "check_monitor",
+    "scored_as",
+    "KnnMonitor",
+    "shard",
+    "gather_rows",
+]

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from moco_core.config import ExperimentConfig, load_config
-from moco_core.pipeline import eval_loader
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,12 +55,11 @@ def val_knn(cfg: ExperimentConfig, backbone: torch.nn.Module, fraction: float = 
     """What the kNN monitor of a run reports, with ``eval.knn_label_fraction = fraction``. With few labels
     (0.05: about 5 per digit) is where pretraining shows (docs/evaluate.md)."""
     from moco_core.data import read_dataset
-    from moco_core.monitor import knn_monitor, monitor_bank
+    from moco_core.monitor import KnnMonitor
 
     cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"knn_label_fraction": fraction})})
     parts = read_dataset(cfg.data.root, cfg.data.splits_dir, cfg.data.label_columns, ("train", "val"), False)
-    loaders = {k: eval_loader(cfg.data, p) for k, p in parts.items()}
-    (value,) = knn_monitor(cfg, backbone, loaders, parts, monitor_bank(cfg, parts["train"])).values()
+    (value,) = KnnMonitor(cfg, parts).measure(backbone).values()
     return value
 
 

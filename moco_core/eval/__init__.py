@@ -11,7 +11,7 @@ from .features import extract_features
 from .finetune import finetune
 from .fractions import label_subset
 from .heads import FinetuneConfig, HeadResult, LinearProbeConfig, num_outputs
-from .knn import as_score_targets, knn_metric, knn_scores, nearest_neighbours
+from .knn import knn_metric, knn_scores, nearest_neighbours, vote_targets
 from .linear_probe import linear_probe
 from .metrics import (
     auroc,
@@ -34,7 +34,7 @@ __all__ = [
     "HeadResult",
     "LinearProbeConfig",
     "num_outputs",
-    "as_score_targets",
+    "vote_targets",
     "knn_metric",
     "knn_scores",
     "nearest_neighbours",

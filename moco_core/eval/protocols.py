@@ -19,7 +19,7 @@ from .features import extract_features
 from .finetune import finetune
 from .fractions import label_subset
 from .heads import FinetuneConfig, LinearProbeConfig
-from .knn import as_score_targets, knn_scores
+from .knn import knn_scores, vote_targets
 from .linear_probe import linear_probe
 from .metrics import bootstrap_ci, per_label_auroc, task_score
 from .task import Task, check_labels
@@ -128,8 +128,15 @@ def run_protocols(
             idx = subsets[f]
             log(f"{protocol} at label fraction {f:g} ({len(idx)} labelled images)")
             if protocol == "knn":
-                bank = as_score_targets(y_train[idx], task.label_kind, len(train_p.classes))  # n x C
-                scores = knn_scores(feats["test"], feats["train"][idx], bank, settings.knn_k, settings.knn_t)
+                bank = vote_targets(y_train[idx], task.label_kind)  # n labels, or n x L
+                scores = knn_scores(
+                    feats["test"],
+                    feats["train"][idx],
+                    bank,
+                    settings.knn_k,
+                    settings.knn_t,
+                    num_classes=len(train_p.classes),
+                )
                 hparams = {"k": min(settings.knn_k, len(idx)), "t": settings.knn_t}
                 results.append(_measure(task, protocol, f, idx, scores.numpy(), hparams, settings, seed))
             elif protocol == "linear":

@@ -1,5 +1,6 @@
 """What a worker does at each step and at each epoch's end: log (rank 0), show progress (rank 0),
-measure the kNN monitor (rank 0), checkpoint (rank 0) and report to Ray Train (every rank)."""
+measure the kNN monitor (every rank its share), checkpoint (rank 0) and report to Ray Train (every
+rank)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,7 @@ from moco_core.checkpoint import save_checkpoint
 from moco_core.config import ExperimentConfig
 from moco_core.data import Partition
 from moco_core.engine import TrainState
-from moco_core.monitor import can_monitor, knn_monitor, monitor_bank
-from moco_core.pipeline import eval_loader
+from moco_core.monitor import KnnMonitor, can_monitor
 
 from ..progress import ProgressSender
 from .metrics import MetricLogger
@@ -30,6 +30,7 @@ class EpochHooks:
         parts: dict[str, Partition],
         loop_config: dict[str, Any],
         rank: int,
+        world: int,
         device: torch.device,
     ) -> None:
         self.cfg, self.state, self.device, self.rank0 = cfg, state, device, rank == 0
@@ -37,15 +38,11 @@ class EpochHooks:
         self.t_start, self.step_start = time.monotonic(), state.step
         self.metrics: MetricLogger | None = None
         self.progress: ProgressSender | None = None
-        self.monitor_parts: dict[str, Partition] = {}
+        monitor_parts = {"train": parts["train"], "val": parts.get("val")}
+        self.monitor = KnnMonitor(cfg, monitor_parts, rank, world) if can_monitor(monitor_parts) else None
         if self.rank0:
             self.metrics = MetricLogger(loop_config["tracking_uri"], loop_config["mlflow_run_id"])
             self.progress = ProgressSender(loop_config.get("progress_queue"))
-            monitor_parts = {"train": parts["train"], "val": parts.get("val")}
-            if can_monitor(monitor_parts):
-                self.monitor_parts = monitor_parts  # type: ignore[assignment]
-                self.monitor_loaders = {k: eval_loader(cfg.data, p) for k, p in monitor_parts.items()}
-                self.bank = monitor_bank(cfg, parts["train"])
 
     def resumed(self) -> None:
         """Visible in the MLflow UI: the step where a restart resumed."""
@@ -71,11 +68,8 @@ class EpochHooks:
         report.update(epoch=st.epoch, step=st.step)
         final = st.epoch >= cfg.optim.epochs
         knn_due = cfg.eval.knn_every_epochs and st.epoch % cfg.eval.knn_every_epochs == 0
-        if self.monitor_parts and (knn_due or final):
-            backbone = st.model.encoder_q.backbone
-            report.update(
-                knn_monitor(cfg, backbone, self.monitor_loaders, self.monitor_parts, self.bank, self.device)
-            )
+        if self.monitor is not None and (knn_due or final):  # every rank: it gathers their features
+            report.update(self.monitor.measure(st.model.encoder_q.backbone, self.device))
         if self.metrics is not None:
             self.metrics.log({k: v for k, v in report.items() if k.startswith("eval/")}, step=st.step)
             self.metrics.log({"train/epoch_loss": report["train/loss"]}, step=st.step)

@@ -39,7 +39,7 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
     loader = pretrain_loader(cfg, parts["train"], rank, world, pin_memory=device.type == "cuda")
     state = build_train_state(cfg, steps_per_epoch(len(parts["train"]), cfg), world, device)
     resumed = restore(state)
-    hooks = EpochHooks(cfg, state, parts, loop_config, rank, device)
+    hooks = EpochHooks(cfg, state, parts, loop_config, rank, world, device)
     if resumed:
         hooks.resumed()
     forward = wrap_model(state, cfg, world)
