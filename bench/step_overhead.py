@@ -22,7 +22,8 @@ import time
 import torch
 
 from moco_core.config import ExperimentConfig
-from moco_core.engine import autocast, build_train_state, train_step
+from moco_core.engine import build_train_state, train_step
+from moco_core.precision import autocast
 
 
 def _sync(device: torch.device) -> None:
@@ -96,7 +97,7 @@ def main() -> None:
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--queue-sizes", type=int, nargs="+", default=[4096, 65536])
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--shuffle-bn", default="split", choices=["split", "off"])
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--iters", type=int, default=20)

@@ -6,7 +6,6 @@ only in the hooks they pass (checkpoint, report, log).
 
 from __future__ import annotations
 
-import contextlib
 import random
 import time
 from collections.abc import Callable, Iterable
@@ -18,10 +17,11 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-from .config import ExperimentConfig
+from .config import ConfigError, ExperimentConfig
 from .errors import UserError
 from .loss import info_nce
 from .model import MoCo, build_moco
+from .precision import autocast, grad_scaler
 from .schedules import lr_factor, momentum_at
 
 StepHook = Callable[[dict[str, float]], None]
@@ -41,6 +41,7 @@ class TrainState:
     steps_per_epoch: int
     epoch: int = 0  # epochs completed
     step: int = 0  # optimizer steps completed
+    scaler: torch.amp.GradScaler | None = None  # fp16 only
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -50,14 +51,23 @@ class TrainState:
             "steps_per_epoch": self.steps_per_epoch,
             "epoch": self.epoch,
             "step": self.step,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "rng": rng_state(),
         }
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
+        if int(d["steps_per_epoch"]) != self.steps_per_epoch:
+            raise ConfigError(
+                f"the checkpoint was written with {d['steps_per_epoch']} steps per epoch and this run has "
+                f"{self.steps_per_epoch}: the training data, optim.batch_size, scaling.workers or "
+                "run.max_steps_per_epoch changed since; resume with the run's own config and data"
+            )
         self.model.load_state_dict(d["model"])
         self.optimizer.load_state_dict(d["optimizer"])
         self.scheduler.load_state_dict(d["scheduler"])
         self.epoch, self.step = int(d["epoch"]), int(d["step"])
+        if self.scaler is not None and d.get("scaler"):
+            self.scaler.load_state_dict(d["scaler"])
         set_rng_state(d["rng"])
 
 
@@ -100,20 +110,15 @@ def build_train_state(
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(
         model.encoder_q.parameters(),
-        lr=cfg.optim.lr,
+        lr=cfg.optim.peak_lr,
         momentum=cfg.optim.sgd_momentum,
         weight_decay=cfg.optim.weight_decay,
     )
     sched = LambdaLR(opt, lambda s: lr_factor(s, steps_per_epoch, cfg.optim))
-    return TrainState(model=model, optimizer=opt, scheduler=sched, steps_per_epoch=steps_per_epoch)
-
-
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast on GPU (``precision`` auto or bf16); fp32 elsewhere unless bf16 is asked for."""
-    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-    if not use_bf16:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    scaler = grad_scaler(torch.device(device), cfg.run.precision)
+    return TrainState(
+        model=model, optimizer=opt, scheduler=sched, steps_per_epoch=steps_per_epoch, scaler=scaler
+    )
 
 
 def train_step(
@@ -140,7 +145,7 @@ def train_step(
             [loss.detach(), out.logits[:, 0].float().mean() * t, out.logits[:, 1:].float().mean() * t]
         )
     state.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    (state.scaler.scale(loss) if state.scaler is not None else loss).backward()
     # One host sync per step, once the backward pass is queued; nothing has been updated yet.
     values = stats.tolist()
     if not all(np.isfinite(values)):
@@ -149,7 +154,11 @@ def train_step(
             "check the data; the last checkpoint is kept"
         )
     state.model.enqueue(out.k)
-    state.optimizer.step()
+    if state.scaler is not None:  # fp16: a step whose gradients overflowed is skipped, the scale lowered
+        state.scaler.step(state.optimizer)
+        state.scaler.update()
+    else:
+        state.optimizer.step()
     state.scheduler.step()
     state.model.momentum_update(m)
     state.step += 1

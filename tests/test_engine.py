@@ -121,3 +121,48 @@ def _tensors(d):
     elif isinstance(d, (list, tuple)):
         for v in d:
             yield from _tensors(v)
+
+
+def _tiny(**run) -> ExperimentConfig:
+    return ExperimentConfig.model_validate(
+        {
+            "data": {"image_size": 8, "channels": 1},
+            "moco": {"queue_size": 16, "split_bn_groups": 2},
+            "optim": {"batch_size": 4, "epochs": 1},
+            "run": {"channels_last": False, **run},
+        }
+    )
+
+
+def test_fp16_steps_through_a_gradient_scaler_kept_in_the_checkpoint(tmp_path):
+    from moco_core.checkpoint import restore, save_checkpoint
+
+    cfg = _tiny(precision="fp16")
+    state = build_train_state(cfg, steps_per_epoch=4)
+    assert state.scaler is not None and build_train_state(_tiny(), steps_per_epoch=4).scaler is None
+    x = torch.randn(4, 1, 8, 8)
+    m = train_step(state.model, state, x, x, cfg, torch.device("cpu"))
+    assert torch.isfinite(torch.tensor(m["train/loss"])) and state.step == 1
+    state.scaler.update(1234.0)  # a scale the fresh scaler does not have
+    save_checkpoint(state, tmp_path)
+    resumed = build_train_state(cfg, steps_per_epoch=4)
+    restore(resumed, tmp_path)
+    assert resumed.scaler.get_scale() == 1234.0
+
+
+def test_resume_with_other_steps_per_epoch_is_refused(tmp_path):
+    from moco_core.checkpoint import restore, save_checkpoint
+    from moco_core.config import ConfigError
+
+    save_checkpoint(build_train_state(_tiny(), steps_per_epoch=4), tmp_path)
+    with pytest.raises(ConfigError, match="written with 4 steps per epoch and this run has 5"):
+        restore(build_train_state(_tiny(), steps_per_epoch=5), tmp_path)
+
+
+def test_linear_lr_scaling_follows_the_batch():
+    base = {"optim": {"lr": 0.03, "batch_size": 128, "epochs": 1}}
+    assert ExperimentConfig.model_validate(base).optim.peak_lr == 0.03  # the recipes' lr, as given
+    scaled = ExperimentConfig.model_validate({"optim": {**base["optim"], "lr_scaling": "linear"}})
+    assert scaled.optim.peak_lr == pytest.approx(0.03 * 128 / 256)
+    state = build_train_state(scaled, steps_per_epoch=2)
+    assert state.optimizer.param_groups[0]["lr"] == pytest.approx(0.015)

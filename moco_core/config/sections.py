@@ -60,6 +60,13 @@ class OptimConfig(Strict):
     schedule: Literal["cosine", "step", "constant"] = "cosine"
     lr_steps: list[int] = Field(default_factory=lambda: [120, 160])  # epochs where step LR x0.1
     warmup_epochs: int = Field(0, ge=0)
+    # linear: the learning rate is optim.lr x batch_size / 256 (Goyal et al. 2017); none: optim.lr as is
+    lr_scaling: Literal["none", "linear"] = "none"
+
+    @property
+    def peak_lr(self) -> float:
+        """The learning rate the schedule starts from (after warm-up)."""
+        return self.lr * self.batch_size / 256 if self.lr_scaling == "linear" else self.lr
 
 
 class ScalingConfig(Strict):
@@ -75,7 +82,8 @@ class RunConfig(Strict):
     checkpoint_every_epochs: int = Field(1, ge=1)
     max_failures: int = Field(2, ge=0)
     seed: int = 0
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
+    # auto: bf16 autocast on GPUs with native bf16, fp16 + gradient scaler on older GPUs, fp32 on CPU
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     channels_last: bool = True
     compile: bool = False  # torch.compile the encoders
     max_steps_per_epoch: int | None = Field(None, ge=1)  # cap an epoch (quick trials)

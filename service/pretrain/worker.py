@@ -34,6 +34,8 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
     if device.type == "cpu":
         torch.set_num_threads(max(1, cfg.scaling.cpus_per_worker))
+    else:
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: pick the fastest convolutions once
 
     parts = read_partitions(cfg, check_files=False)
     loader = pretrain_loader(cfg, parts["train"], rank, world, pin_memory=device.type == "cuda")
