@@ -1,9 +1,10 @@
-"""Named augmentation recipes (``mocov1``, ``mocov2``, ``cxr``) and the two-view wrapper.
+"""Named augmentation recipes (``mocov1``, ``mocov2``, ``cxr``, ``cifar``) and the two-view wrapper.
 
 Every transform takes a uint8 ``(C, H, W)`` tensor as ``data.load_image`` returns it (C = 1 or 3) and
-returns a float32 ``(C, S, S)`` tensor, normalised with ``normalization(C)``. Geometry runs first on
-uint8 (cropping shrinks the image, so the rest is cheap), colour work runs on floats in [0, 1].
-Randomness comes from torch's global RNG only, which ``pipeline.PretrainViews`` seeds per image.
+returns a float32 ``(C, S, S)`` tensor, normalised with ``normalization(C, data.normalization)``.
+Geometry runs first on uint8 (cropping shrinks the image, so the rest is cheap), colour work runs on
+floats in [0, 1]. Randomness comes from the CPU's default generator only, which
+``pipeline.PretrainViews`` seeds per image.
 
 * ``mocov1``: RandomResizedCrop (scale 0.2-1), RandomGrayscale 0.2, ColorJitter(0.4, 0.4, 0.4, 0.4),
   horizontal flip (He et al. 2020).
@@ -12,6 +13,8 @@ Randomness comes from torch's global RNG only, which ``pipeline.PretrainViews`` 
 * ``cxr``: chest X-rays: mild crops (scale 0.6-1, ratio 0.9-1.1), rotation within +-10 degrees,
   brightness/contrast jitter only; no hue/saturation, no grayscale flip-flop, no flip (anatomy has a side).
   Also the views of ``experiments/digits.yaml``: tiny gray digits need mild views too.
+* ``cifar``: the MoCo CIFAR-10 demo's: RandomResizedCrop (0.08-1), ColorJitter(0.4, 0.4, 0.4, 0.1) with
+  p 0.8, RandomGrayscale 0.2, horizontal flip; no blur (a blur kernel at 32 px erases what is left).
 
 With one channel, the colour operations that need three (saturation, hue, grayscale) are left out;
 brightness and contrast stay.
@@ -24,20 +27,24 @@ from collections.abc import Callable
 import torch
 from torchvision.transforms import v2
 
-RECIPES = ("mocov1", "mocov2", "cxr")
+RECIPES = ("mocov1", "mocov2", "cxr", "cifar")
 
-# Three channels: ImageNet statistics. One channel: the mean of ImageNet's channel constants, so
-# gray and colour inputs land on the same scale (and a gray image repeated to 3 channels is close).
-_MEAN3, _STD3 = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-_MEAN1, _STD1 = [0.449], [0.226]
+# Per-channel (mean, std) of images scaled to [0, 1]: ImageNet's (the default), and CIFAR-10's (the
+# demo's). One channel: the mean of the three constants, so gray and colour inputs land on the same
+# scale (and a gray image repeated to 3 channels is close).
+STATISTICS = {
+    "imagenet": ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+    "cifar10": ([0.4914, 0.4822, 0.4465], [0.2023, 0.1994, 0.2010]),
+}
 
 
-def normalization(channels: int) -> tuple[list[float], list[float]]:
-    """``(mean, std)`` per channel, for images scaled to [0, 1]."""
+def normalization(channels: int, name: str = "imagenet") -> tuple[list[float], list[float]]:
+    """``(mean, std)`` per channel of statistics ``name`` (``STATISTICS``), for images scaled to [0, 1]."""
+    mean, std = STATISTICS[name]
     if channels == 3:
-        return list(_MEAN3), list(_STD3)
+        return list(mean), list(std)
     if channels == 1:
-        return list(_MEAN1), list(_STD1)
+        return [round(sum(mean) / 3, 4)], [round(sum(std) / 3, 4)]
     raise ValueError(f"channels must be 1 or 3, not {channels}")
 
 
@@ -52,13 +59,15 @@ def _jitter(channels: int, b: float, c: float, s: float, h: float) -> v2.ColorJi
     return v2.ColorJitter(brightness=b, contrast=c, saturation=s, hue=h)
 
 
-def build_pretrain_transform(recipe: str, image_size: int, channels: int) -> Callable:
-    """The random view transform of ``recipe`` (one of ``RECIPES``)."""
+def build_pretrain_transform(
+    recipe: str, image_size: int, channels: int, stats: str = "imagenet"
+) -> Callable:
+    """The random view transform of ``recipe`` (one of ``RECIPES``), normalised with ``stats``."""
     if recipe not in RECIPES:
         raise ValueError(f"unknown augmentation recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, not {channels}")
-    mean, std = normalization(channels)
+    mean, std = normalization(channels, stats)
     color = channels == 3
     ops: list[Callable]
     if recipe == "mocov1":
@@ -81,6 +90,15 @@ def build_pretrain_transform(recipe: str, image_size: int, channels: int) -> Cal
             v2.RandomApply([v2.GaussianBlur(_blur_kernel(image_size), sigma=(0.1, 2.0))], p=0.5),
             v2.RandomHorizontalFlip(),
         ]
+    elif recipe == "cifar":
+        ops = [
+            v2.RandomResizedCrop(image_size, scale=(0.08, 1.0), antialias=True),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.RandomApply([_jitter(channels, 0.4, 0.4, 0.4, 0.1)], p=0.8),
+        ]
+        if color:
+            ops.append(v2.RandomGrayscale(p=0.2))
+        ops.append(v2.RandomHorizontalFlip())
     else:  # cxr
         ops = [
             v2.RandomResizedCrop(image_size, scale=(0.6, 1.0), ratio=(0.9, 1.1), antialias=True),
@@ -92,9 +110,9 @@ def build_pretrain_transform(recipe: str, image_size: int, channels: int) -> Cal
     return v2.Compose(ops)
 
 
-def build_eval_transform(image_size: int, channels: int) -> Callable:
-    """Deterministic: resize the short side to ``image_size``, center crop, normalise."""
-    mean, std = normalization(channels)
+def build_eval_transform(image_size: int, channels: int, stats: str = "imagenet") -> Callable:
+    """Deterministic: resize the short side to ``image_size``, center crop, normalise with ``stats``."""
+    mean, std = normalization(channels, stats)
     return v2.Compose(
         [
             v2.Resize(image_size, antialias=True),

@@ -61,9 +61,8 @@ class Encoder(nn.Module):
 
 @dataclass
 class MocoOutput:
-    logits: torch.Tensor  # N x (1+K), positive at column 0
-    q: torch.Tensor  # N x dim
-    k: torch.Tensor  # N x dim
+    logits: torch.Tensor  # N x (1+K), positive at column 0 (2N rows when symmetric)
+    k: torch.Tensor  # N x dim: the keys to enqueue (2N when symmetric)
 
 
 @torch.no_grad()
@@ -82,6 +81,7 @@ class MoCo(nn.Module):
         temperature: float,
         shuffle: ShuffleMode = "split",
         split_groups: int = 8,
+        symmetric: bool = False,
     ) -> None:
         super().__init__()
         if shuffle == "split":  # both encoders, as the reference's single-GPU demo: the query
@@ -91,6 +91,7 @@ class MoCo(nn.Module):
         self.encoder_k = copy.deepcopy(encoder_q)
         self.encoder_k.requires_grad_(False)
         self.shuffle = shuffle
+        self.symmetric = symmetric
         self.temperature = temperature
         self.queue = KeyQueue(dim, queue_size)
         self._q_params = list(self.encoder_q.parameters())
@@ -115,10 +116,22 @@ class MoCo(nn.Module):
         return F.normalize(self.encoder_k(im_k).float(), dim=1)
 
     def forward(self, im_q: torch.Tensor, im_k: torch.Tensor) -> MocoOutput:
+        """Logits of each query against its key and the queue. Symmetric: each view is also the query
+        of the other's key; the rows of both directions are stacked (InfoNCE over them averages the two
+        losses) and both directions' keys are enqueued."""
+        out = self._one_way(im_q, im_k)
+        if not self.symmetric:
+            return out
+        back = self._one_way(im_k, im_q)
+        return MocoOutput(
+            logits=torch.cat([out.logits, back.logits]), k=torch.cat([out.k, back.k])
+        )  # 2N rows
+
+    def _one_way(self, im_q: torch.Tensor, im_k: torch.Tensor) -> MocoOutput:
         k = self.encode_keys(im_k)  # N x C, fp32
         q = F.normalize(self.encoder_q(im_q).float(), dim=1)  # N x C, fp32
         logits = moco_logits(q, k, self.queue.keys, self.temperature)  # N x (1+K)
-        return MocoOutput(logits=logits, q=q, k=k)
+        return MocoOutput(logits=logits, k=k)
 
     @torch.no_grad()
     def enqueue(self, k: torch.Tensor) -> None:
@@ -142,4 +155,5 @@ def build_moco(cfg: ExperimentConfig, world_size: int = 1) -> MoCo:
         temperature=cfg.moco.temperature,
         shuffle=cfg.resolved_shuffle_bn(world_size),
         split_groups=cfg.moco.split_bn_groups,
+        symmetric=cfg.moco.symmetric,
     )

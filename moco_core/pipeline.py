@@ -89,7 +89,9 @@ def pretrain_loader(
     images = ImageDataset(partition, cfg.data.channels, cache=cfg.data.cache_decoded)
     if cfg.data.cache_decoded:
         images.preload()  # decode once, before the workers fork
-    transform = build_pretrain_transform(cfg.augment.recipe, cfg.data.image_size, cfg.data.channels)
+    transform = build_pretrain_transform(
+        cfg.augment.recipe, cfg.data.image_size, cfg.data.channels, cfg.data.normalization
+    )
     dataset = PretrainViews(images, TwoViews(transform), seed=cfg.run.seed)
     per_rank = cfg.optim.batch_size // world_size
     sampler = ShardSampler(len(images), rank, world_size, seed=cfg.run.seed)
@@ -124,7 +126,7 @@ def eval_loader(
     images = ImageDataset(
         partition,
         data.channels,
-        transform=transform or build_eval_transform(data.image_size, data.channels),
+        transform=transform or build_eval_transform(data.image_size, data.channels, data.normalization),
         cache=data.cache_decoded,
     )
     if data.cache_decoded:

@@ -56,3 +56,18 @@ def test_unknown_recipe_and_channels_are_errors():
     with pytest.raises(ValueError, match="channels"):
         build_pretrain_transform("mocov2", 32, 2)
     assert len(normalization(1)[0]) == 1 and len(normalization(3)[1]) == 3
+
+
+def test_cifar_statistics_and_the_demos_views():
+    mean, std = normalization(3, "cifar10")
+    assert mean == [0.4914, 0.4822, 0.4465] and std == [0.2023, 0.1994, 0.2010]
+    assert normalization(1) == ([0.449], [0.226])  # gray: the mean of the three channels' constants
+    img = torch.full((3, 32, 32), 128, dtype=torch.uint8)
+    out = build_eval_transform(32, 3, "cifar10")(img)
+    assert torch.allclose(out[:, 0, 0], (128 / 255 - torch.tensor(mean)) / torch.tensor(std), atol=1e-5)
+    ops = [type(op).__name__ for op in build_pretrain_transform("cifar", 32, 3).transforms]
+    assert "GaussianBlur" not in str(build_pretrain_transform("cifar", 32, 3))  # no blur at 32 px
+    assert ops[0] == "RandomResizedCrop" and build_pretrain_transform("cifar", 32, 3).transforms[0].scale == (
+        0.08,
+        1.0,
+    )

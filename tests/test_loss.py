@@ -77,3 +77,35 @@ def test_logits_stay_fp32_under_bf16_autocast():
     assert logits.dtype == torch.float32
     assert torch.allclose(logits, exact, atol=1e-5)
     assert (rounded.float() - exact).abs().max() > 1e-3  # bf16 would have rounded the negatives
+
+
+def test_symmetric_loss_is_the_mean_of_both_directions_and_enqueues_both_keys():
+    from moco_core.config import ExperimentConfig
+    from moco_core.engine import build_train_state, train_step
+    from moco_core.model import build_moco
+
+    raw = {
+        "data": {"image_size": 8, "channels": 1},
+        "model": {"head": "linear", "dim": 8},
+        "moco": {"queue_size": 32, "shuffle_bn": "off", "symmetric": True},
+        "optim": {"batch_size": 4, "epochs": 1},
+        "run": {"channels_last": False},
+    }
+    cfg = ExperimentConfig.model_validate(raw)
+    torch.manual_seed(0)
+    model = build_moco(cfg).eval()  # BN in eval mode: every encoding of a view is the same
+    x1, x2 = torch.randn(4, 1, 8, 8), torch.randn(4, 1, 8, 8)
+    out = model(x1, x2)
+    with torch.no_grad():
+        q1, q2 = (F.normalize(model.encoder_q(x), dim=1) for x in (x1, x2))
+        k1, k2 = (F.normalize(model.encoder_k(x), dim=1) for x in (x1, x2))
+    queue, t = model.queue.keys, cfg.moco.temperature
+    one_way = info_nce(moco_logits(q1, k2, queue, t))  # x1 asks for x2's key
+    other_way = info_nce(moco_logits(q2, k1, queue, t))
+    assert out.logits.shape == (8, 33) and out.k.shape == (8, 8)
+    assert torch.allclose(info_nce(out.logits), (one_way + other_way) / 2, atol=1e-6)
+    assert torch.allclose(out.k, torch.cat([k2, k1]), atol=1e-6)
+
+    state = build_train_state(cfg, steps_per_epoch=2)
+    train_step(state.model, state, x1, x2, cfg, torch.device("cpu"))
+    assert int(state.model.queue.ptr) == 8  # both directions' keys were enqueued

@@ -23,6 +23,7 @@ class DataConfig(Strict):
     label_columns: list[str] | None = None  # default: every column but Path
     num_workers: int = Field(2, ge=0)  # DataLoader worker processes
     cache_decoded: bool = True  # decode every image once into memory (small datasets)
+    normalization: Literal["imagenet", "cifar10"] = "imagenet"  # per-channel mean/std of the inputs
 
 
 class ModelConfig(Strict):
@@ -40,6 +41,8 @@ class MocoConfig(Strict):
     temperature: float = Field(0.1, gt=0.0)  # T of InfoNCE
     shuffle_bn: Literal["auto", "distributed", "split", "off"] = "auto"
     split_bn_groups: int = Field(8, ge=2)  # groups of split BN (single-process shuffle BN)
+    # both views as queries against the other's key, the two losses averaged (the demo's variant)
+    symmetric: bool = False
 
     @field_validator("shuffle_bn", mode="before")
     @classmethod
@@ -48,7 +51,7 @@ class MocoConfig(Strict):
 
 
 class AugmentConfig(Strict):
-    recipe: Literal["mocov1", "mocov2", "cxr"] = "mocov2"
+    recipe: Literal["mocov1", "mocov2", "cxr", "cifar"] = "mocov2"
 
 
 class OptimConfig(Strict):
@@ -106,3 +109,6 @@ class EvalConfig(Strict):
     knn_t: float = Field(0.1, gt=0.0)
     # the monitor's bank: this stratified, seeded (run.seed) fraction of the labelled train images
     knn_label_fraction: float = Field(1.0, gt=0.0, le=1.0)
+    # what the monitor votes with: the backbone's features (what is exported), or the head's output
+    # (the MoCo CIFAR-10 demo's monitor: its 128-d fc output)
+    knn_features: Literal["backbone", "head"] = "backbone"

@@ -69,7 +69,8 @@ class EpochHooks:
         final = st.epoch >= cfg.optim.epochs
         knn_due = cfg.eval.knn_every_epochs and st.epoch % cfg.eval.knn_every_epochs == 0
         if self.monitor is not None and (knn_due or final):  # every rank: it gathers their features
-            report.update(self.monitor.measure(st.model.encoder_q.backbone, self.device))
+            encoder = st.model.encoder_q if cfg.eval.knn_features == "head" else st.model.encoder_q.backbone
+            report.update(self.monitor.measure(encoder, self.device))
         if self.metrics is not None:
             self.metrics.log({k: v for k, v in report.items() if k.startswith("eval/")}, step=st.step)
             self.metrics.log({"train/epoch_loss": report["train/loss"]}, step=st.step)

@@ -79,7 +79,7 @@ def write_encoder_package(
             f"the backbone does not match model.arch={arch}, data.channels={channels}, "
             f"model.small_image_stem={stem} of config {cfg.name!r}: {e}"
         ) from None
-    mean, std = normalization(channels)
+    mean, std = normalization(channels, cfg.data.normalization)
     meta = {
         "format_version": FORMAT_VERSION,
         "name": cfg.name,
