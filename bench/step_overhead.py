@@ -64,8 +64,10 @@ def measure(args: argparse.Namespace, queue_size: int) -> dict:
     model = state.model
     plain_k = copy.deepcopy(model.encoder_q).requires_grad_(False)  # plain BN: the bare backbone cost
 
+    forward = torch.compile(model) if args.compile else model
+
     def moco_step():
-        train_step(model, state, x_q, x_k, cfg, device)
+        train_step(forward, state, x_q, x_k, cfg, device)
 
     def backbone_only():
         with autocast(device, cfg.run.precision):
@@ -100,6 +102,7 @@ def main() -> None:
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--shuffle-bn", default="split", choices=["split", "off"])
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--compile", action="store_true", help="torch.compile the MoCo model (run.compile)")
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--json", default=None, help="write the rows to this file")
@@ -112,7 +115,7 @@ def main() -> None:
     )
     print(
         f"\n{dev}, {args.arch}, {args.image_size}px, batch {args.batch}, precision {args.precision}, "
-        f"shuffle BN {args.shuffle_bn}, channels_last {args.channels_last}\n"
+        f"shuffle BN {args.shuffle_bn}, channels_last {args.channels_last}, compile {args.compile}\n"
     )
     print("| K | MoCo step (ms) | repeat (ms) | backbone passes (ms) | MoCo's own share | images/s |")
     print("|---:|---:|---:|---:|---:|---:|")
