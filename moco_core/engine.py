@@ -179,11 +179,13 @@ def train_epoch(
     device: torch.device,
     on_step: StepHook | None = None,
     world_size: int = 1,
+    done_steps: int = 0,
 ) -> dict[str, float]:
-    """One epoch (at most ``state.steps_per_epoch`` steps). Returns the epoch's mean metrics."""
+    """One epoch (at most ``state.steps_per_epoch`` steps, ``done_steps`` of them already trained before a
+    mid-epoch checkpoint). Returns the mean metrics of the steps trained here."""
     forward.train()
     sums: dict[str, float] = {}
-    n = 0
+    n = done_steps
     images = 0
     t0 = time.perf_counter()
     t_last = t0
@@ -206,19 +208,23 @@ def train_epoch(
             sums[k] = sums.get(k, 0.0) + v
         if on_step is not None:
             on_step(dict(metrics, step=state.step, epoch=state.epoch, batch=n))
-    if n == 0:
+    trained = n - done_steps
+    if trained == 0:
         raise RuntimeError("the data loader yielded no batch; is the partition smaller than one batch?")
-    out = {k: v / n for k, v in sums.items()}
+    out = {k: v / trained for k, v in sums.items()}
     out["train/images_per_s"] = images / max(time.perf_counter() - t0, 1e-9)
     out["train/lr"] = state.optimizer.param_groups[0]["lr"]
     state.epoch += 1
     return out
 
 
-def set_loader_epoch(loader: Any, epoch: int) -> None:
+def set_loader_epoch(loader: Any, epoch: int, done_steps: int = 0) -> None:
+    """Point the loader's sampler at ``epoch``, past the ``done_steps`` batches already trained on."""
     sampler = getattr(loader, "sampler", None)
     if hasattr(sampler, "set_epoch"):
-        sampler.set_epoch(epoch)
+        sampler.set_epoch(epoch, start=done_steps * (loader.batch_size or 1))
+    elif done_steps:
+        raise ValueError("resuming mid-epoch needs a sampler that can start at an offset (ShardSampler)")
 
 
 def fit(
@@ -238,8 +244,9 @@ def fit(
     history = []
     last = cfg.optim.epochs if until_epoch is None else min(until_epoch, cfg.optim.epochs)
     while state.epoch < last:
-        set_loader_epoch(loader, state.epoch)
-        metrics = train_epoch(forward, state, loader, cfg, device, on_step, world_size)
+        done = state.step - state.epoch * state.steps_per_epoch  # > 0 after a mid-epoch checkpoint
+        set_loader_epoch(loader, state.epoch, done)
+        metrics = train_epoch(forward, state, loader, cfg, device, on_step, world_size, done)
         metrics["epoch"] = state.epoch
         if on_epoch_end is not None:
             on_epoch_end(state, metrics)

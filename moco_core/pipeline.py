@@ -28,14 +28,16 @@ class ShardSampler(Sampler[tuple[int, int]]):
         if n < world_size:
             raise ValueError(f"{n} images cannot be sharded over {world_size} workers")
         self.n, self.rank, self.world, self.seed, self.shuffle = n, rank, world_size, seed, shuffle
-        self.epoch = 0
+        self.epoch, self.start = 0, 0
         self.per_rank = n // world_size  # drop the tail so that every rank has the same count
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Epoch ``epoch`` from its ``start``-th sample on (a run resumed from a mid-epoch checkpoint
+        skips what it has already trained on; the order of the epoch is the same)."""
+        self.epoch, self.start = epoch, start
 
     def __len__(self) -> int:
-        return self.per_rank
+        return self.per_rank - self.start
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         if self.shuffle:
@@ -43,7 +45,7 @@ class ShardSampler(Sampler[tuple[int, int]]):
             order = torch.randperm(self.n, generator=g)
         else:
             order = torch.arange(self.n)
-        mine = order[: self.per_rank * self.world][self.rank :: self.world]
+        mine = order[: self.per_rank * self.world][self.rank :: self.world][self.start :]
         return iter([(int(i), self.epoch) for i in mine])
 
 

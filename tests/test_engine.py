@@ -166,3 +166,52 @@ def test_linear_lr_scaling_follows_the_batch():
     assert scaled.optim.peak_lr == pytest.approx(0.03 * 128 / 256)
     state = build_train_state(scaled, steps_per_epoch=2)
     assert state.optimizer.param_groups[0]["lr"] == pytest.approx(0.015)
+
+
+def test_resume_from_a_mid_epoch_checkpoint_continues_identically(digits_root, tmp_path):
+    """A checkpoint after step 3 of a 4-step epoch: the resumed run skips the 3 batches it trained on
+    (the epoch's order is the same) and ends where training straight through ends."""
+    import io
+
+    torch.set_num_threads(1)
+    cfg = small_config(
+        digits_root, tmp_path, "optim.epochs=2", "run.max_steps_per_epoch=4", "moco.queue_size=40"
+    )
+    parts = read_dataset(digits_root, partitions=("train",))
+    spe = steps_per_epoch(len(parts["train"]), cfg)
+    straight = build_train_state(cfg, spe)
+    fit(straight, pretrain_loader(cfg, parts["train"]), cfg)
+
+    class Crash(Exception):
+        pass
+
+    first = build_train_state(cfg, spe)
+    buf = io.BytesIO()
+
+    def checkpoint_then_crash(m: dict) -> None:
+        if m["step"] == 3:
+            torch.save(first.state_dict(), buf)
+            raise Crash
+
+    with pytest.raises(Crash):
+        fit(first, pretrain_loader(cfg, parts["train"]), cfg, on_step=checkpoint_then_crash)
+    buf.seek(0)
+    resumed = build_train_state(cfg, spe)
+    resumed.load_state_dict(torch.load(buf, weights_only=True))
+    assert (resumed.step, resumed.epoch) == (3, 0)
+    history = fit(resumed, pretrain_loader(cfg, parts["train"]), cfg)
+    assert resumed.step == straight.step == 8 and len(history) == 2
+    a, b = resumed.model.state_dict(), straight.model.state_dict()
+    assert int(a["queue.ptr"]) == int(b["queue.ptr"])
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-5), k
+
+
+def test_sampler_starts_at_an_offset_of_the_same_order():
+    from moco_core.pipeline import ShardSampler
+
+    s = ShardSampler(20, rank=1, world_size=2, seed=3)
+    s.set_epoch(2)
+    whole = list(s)
+    s.set_epoch(2, start=4)
+    assert list(s) == whole[4:] and len(s) == len(whole) - 4

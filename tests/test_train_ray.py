@@ -329,3 +329,19 @@ def test_unreachable_mlflow_fails_before_training(digits_root, tmp_path):
     with pytest.raises(TrackingError, match="127.0.0.1:9"):
         pretrain(cfg)
     assert not (tmp_path / "runs").exists()
+
+
+def test_checkpoints_within_an_epoch(ray_cluster, digits_root, tmp_path):
+    cfg = small_config(
+        digits_root,
+        tmp_path,
+        "optim.epochs=1",
+        "run.max_steps_per_epoch=5",
+        "run.checkpoint_every_steps=2",
+        "eval.knn_every_epochs=0",
+    )
+    result = pretrain(cfg)
+    names = sorted(p.parent.name for p in (tmp_path / "runs").glob("*/*/state.pt"))
+    assert names == ["epoch_00001", "step_000000004"]  # steps 2 and 4 within the epoch; 2 are kept
+    assert load_checkpoint(Path(result.checkpoint_path))["step"] == 5
+    assert _steps(result.tracking_uri, result.mlflow_run_id) == [1, 2, 3, 4, 5]

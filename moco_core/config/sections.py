@@ -83,6 +83,8 @@ class ScalingConfig(Strict):
 class RunConfig(Strict):
     storage_path: str | None = None  # Ray Train storage (local dir, NFS path or s3:// URI)
     checkpoint_every_epochs: int = Field(1, ge=1)
+    # also every N optimizer steps within an epoch (an ImageNet epoch is hours): a crash loses less
+    checkpoint_every_steps: int | None = Field(None, ge=1)
     max_failures: int = Field(2, ge=0)
     seed: int = 0
     # auto: bf16 autocast on GPUs with native bf16, fp16 + gradient scaler on older GPUs, fp32 on CPU

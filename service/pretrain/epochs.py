@@ -59,6 +59,12 @@ class EpochHooks:
             self.progress.send(
                 {**m, "epochs": self.cfg.optim.epochs, "total_steps": self.total_steps, "eta_s": eta}
             )
+        every, spe = self.cfg.run.checkpoint_every_steps, self.state.steps_per_epoch
+        if every and step % every == 0 and step % spe:  # within an epoch (its end checkpoints anyway)
+            if self.metrics is not None:
+                self.metrics.flush()
+            report = {k: v for k, v in m.items() if k.startswith("train/")}
+            self.checkpoint({**report, "epoch": self.state.epoch, "step": step}, f"step_{step:09d}")
 
     def on_epoch_end(self, st: TrainState, epoch_metrics: dict[str, float]) -> None:
         import ray.train
@@ -89,12 +95,19 @@ class EpochHooks:
         if not (final or st.epoch % cfg.run.checkpoint_every_epochs == 0):
             ray.train.report(report)
             return
+        self.checkpoint(report, f"epoch_{st.epoch:05d}")
+
+    def checkpoint(self, report: dict[str, Any], name: str) -> None:
+        """Report ``report`` with a checkpoint of the state (every rank reports; rank 0 writes it: every
+        rank holds the same state)."""
+        import ray.train
+
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
-            if self.rank0:  # every rank holds the same state; rank 0 writes it
-                save_checkpoint(st, tmp)
+            if self.rank0:
+                save_checkpoint(self.state, tmp)
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(report, checkpoint=checkpoint, checkpoint_dir_name=f"epoch_{st.epoch:05d}")
+            ray.train.report(report, checkpoint=checkpoint, checkpoint_dir_name=name)
 
     def close(self) -> bool:
         """Send what is left; ``False`` when some metrics could not be sent."""

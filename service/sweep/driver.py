@@ -60,6 +60,11 @@ def tune_sweep(
             f"experiment {cfg.name!r} has no tune: section; see docs/tune.md "
             "(experiments/digits_tune.yaml is an example)"
         )
+    if cfg.run.checkpoint_every_steps:
+        raise SweepError(
+            "run.checkpoint_every_steps is for moco pretrain: a sweep's trials are ranked and stopped at "
+            "epoch ends and checkpoint there; remove it (or --set run.checkpoint_every_steps=null)"
+        )
     cfg = absolute_data_paths(cfg)
     parts = read_partitions(cfg, check_files=True)  # dataset faults stop here, before Ray starts
     check_monitor(cfg, parts)
