@@ -142,60 +142,14 @@ def main() -> int:
     ok = [check_resume(device, out), check_seeding(device), check_precision(device)]
     step = [sys.executable, "bench/step_overhead.py", "--device", args.device, "--queue-sizes", "65536"]
     small = ["--iters", "3", "--warmup", "1", "--batch", "16"] if args.quick else []
+    size = "64" if args.quick else "224"
+    r50 = ["--arch", "resnet50", "--image-size", size, "--batch", "256", "--iters", "20"]
+    r18 = ["--arch", "resnet18", "--image-size", "32", "--batch", "512", "--iters", "50", "--warmup", "10"]
     tables = [
-        [
-            "--arch",
-            "resnet50",
-            "--image-size",
-            "224" if not args.quick else "64",
-            "--batch",
-            "256",
-            "--precision",
-            "bf16",
-            "--iters",
-            "20",
-        ],
-        [
-            "--arch",
-            "resnet50",
-            "--image-size",
-            "224" if not args.quick else "64",
-            "--batch",
-            "256",
-            "--precision",
-            "fp16",
-            "--iters",
-            "20",
-        ],
-        [
-            "--arch",
-            "resnet18",
-            "--image-size",
-            "32",
-            "--batch",
-            "512",
-            "--precision",
-            "bf16",
-            "--iters",
-            "50",
-            "--warmup",
-            "10",
-        ],
-        [
-            "--arch",
-            "resnet18",
-            "--image-size",
-            "32",
-            "--batch",
-            "512",
-            "--precision",
-            "bf16",
-            "--iters",
-            "50",
-            "--warmup",
-            "10",
-            "--compile",
-        ],
+        [*r50, "--precision", "bf16"],
+        [*r50, "--precision", "fp16"],
+        [*r18, "--precision", "bf16"],
+        [*r18, "--precision", "bf16", "--compile"],
     ]
     if args.quick:  # a dry run: one small table (fp16 and compile are GPU matters)
         tables = [tables[2]]

@@ -59,6 +59,19 @@ def _jitter(channels: int, b: float, c: float, s: float, h: float) -> v2.ColorJi
     return v2.ColorJitter(brightness=b, contrast=c, saturation=s, hue=h)
 
 
+def _crop_and_colour(image_size: int, min_scale: float, channels: int) -> list[Callable]:
+    """MoCo v2's crop and colour: RandomResizedCrop (min_scale-1), ColorJitter(0.4, 0.4, 0.4, 0.1) with
+    p 0.8, and (three channels) RandomGrayscale 0.2."""
+    ops: list[Callable] = [
+        v2.RandomResizedCrop(image_size, scale=(min_scale, 1.0), antialias=True),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.RandomApply([_jitter(channels, 0.4, 0.4, 0.4, 0.1)], p=0.8),
+    ]
+    if channels == 3:
+        ops.append(v2.RandomGrayscale(p=0.2))
+    return ops
+
+
 def build_pretrain_transform(
     recipe: str, image_size: int, channels: int, stats: str = "imagenet"
 ) -> Callable:
@@ -79,26 +92,13 @@ def build_pretrain_transform(
             ops.append(v2.RandomGrayscale(p=0.2))
         ops += [_jitter(channels, 0.4, 0.4, 0.4, 0.4), v2.RandomHorizontalFlip()]
     elif recipe == "mocov2":
-        ops = [
-            v2.RandomResizedCrop(image_size, scale=(0.2, 1.0), antialias=True),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.RandomApply([_jitter(channels, 0.4, 0.4, 0.4, 0.1)], p=0.8),
-        ]
-        if color:
-            ops.append(v2.RandomGrayscale(p=0.2))
+        ops = _crop_and_colour(image_size, 0.2, channels)
         ops += [
             v2.RandomApply([v2.GaussianBlur(_blur_kernel(image_size), sigma=(0.1, 2.0))], p=0.5),
             v2.RandomHorizontalFlip(),
         ]
     elif recipe == "cifar":
-        ops = [
-            v2.RandomResizedCrop(image_size, scale=(0.08, 1.0), antialias=True),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.RandomApply([_jitter(channels, 0.4, 0.4, 0.4, 0.1)], p=0.8),
-        ]
-        if color:
-            ops.append(v2.RandomGrayscale(p=0.2))
-        ops.append(v2.RandomHorizontalFlip())
+        ops = [*_crop_and_colour(image_size, 0.08, channels), v2.RandomHorizontalFlip()]
     else:  # cxr
         ops = [
             v2.RandomResizedCrop(image_size, scale=(0.6, 1.0), ratio=(0.9, 1.1), antialias=True),
