@@ -55,12 +55,12 @@ def trial_fn(config: dict[str, Any], ctx: dict[str, Any]) -> None:
     fit = ray.remote(num_cpus=0)(fit_trial).options(
         runtime_env={"env_vars": {"RAY_ADDRESS": ray.get_runtime_context().gcs_address}}
     )
+    finished = False
     try:
         ray.get(fit.remote(asdict(record), TuneReportCallback()))
-    except Exception:
-        record.mark("failed")
-        raise
-    record.mark("finished")
+        finished = True
+    finally:  # a failure still goes up to Tune (which may restart the trial)
+        record.mark("finished" if finished else "failed")
 
 
 def new_trial_run(config: dict[str, Any], ctx: dict[str, Any], trial_id: str) -> RunRecord:
