@@ -23,7 +23,7 @@ from .eval.fractions import label_subset
 from .eval.knn import knn_metric
 from .eval.metrics import metric_name
 from .eval.task import EvaluationError
-from .pipeline import eval_loader
+from .pipeline import DeviceBatches, eval_loader
 from .shuffle_bn import concat_all_gather
 
 
@@ -72,19 +72,23 @@ class KnnMonitor:
         self.cfg, self.rank, self.world = cfg, rank, world
         self.bank = parts["train"].take(monitor_bank(cfg, parts["train"]))  # the labelled rows only
         self.val = parts["val"]
-        self.loaders = {
-            name: eval_loader(cfg.data, shard(p, rank, world))
-            for name, p in (("bank", self.bank), ("val", self.val))
-        }
+        self.loaders: dict[str, DeviceBatches] = {}
+
+    def _loader(self, name: str, part: Partition, device: torch.device | str) -> DeviceBatches:
+        if name not in self.loaders:  # this rank's shard, read with the loader workers its CPUs allow
+            mine = shard(part, self.rank, self.world)
+            self.loaders[name] = eval_loader(
+                self.cfg.data, mine, device=device, cpus=self.cfg.scaling.cpus_per_worker
+            )
+        return self.loaders[name]
 
     def measure(self, backbone: nn.Module, device: torch.device | str = "cpu") -> dict[str, float]:
         """``{"eval/knn_top1": value}`` (``eval/knn_auroc`` for binary and multi-label): ``val`` voted
         with the bank, k and T of ``eval``."""
         feats = {}
         for name, part in (("bank", self.bank), ("val", self.val)):
-            mine = extract_features(
-                backbone, self.loaders[name], device, self.cfg.run.channels_last
-            )  # n_r x D
+            batches = self._loader(name, part, device)
+            mine = extract_features(backbone, batches, device, self.cfg.run.channels_last)  # n_r x D
             feats[name] = gather_rows(mine.to(device), len(part), self.world)  # n x D
         name, value = knn_metric(
             feats["bank"],

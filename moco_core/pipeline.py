@@ -1,4 +1,5 @@
-"""Input pipelines: two augmented views per image, reproducible for exact resume.
+"""Input pipelines: loader workers read uint8 images (a prepared store, or the files) and draw each
+view's parameters; the views of the whole batch are made on the training device.
 
 The augmentation of image ``i`` in epoch ``e`` is drawn from an RNG seeded with ``(seed, e, i)``, so
 it does not depend on which DataLoader worker draws it, nor on whether the workers were restarted by
@@ -9,14 +10,20 @@ all-gather before enqueue need that).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import logging
+import random
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .augment import TwoViews, build_eval_transform, build_pretrain_transform
+from .augment import BatchViews, EvalView, draw_view, eval_box, normalization, recipe
 from .config import DataConfig, ExperimentConfig
-from .data import ImageDataset, Partition
+from .data import Partition
+from .store import images_of
+
+log = logging.getLogger(__name__)
+_noted: set[tuple[int, int]] = set()
 
 
 class ShardSampler(Sampler[tuple[int, int]]):
@@ -49,34 +56,70 @@ class ShardSampler(Sampler[tuple[int, int]]):
         return iter([(int(i), self.epoch) for i in mine])
 
 
-class PretrainViews(Dataset):
-    """``(query view, key view)`` of image ``i``; the randomness is a function of (seed, epoch, i)."""
+class PretrainSamples(Dataset):
+    """``(uint8 image, query view's parameters, key view's parameters)`` of key ``(i, epoch)``; the
+    parameters come from an RNG of its own seeded by ``(seed, epoch, i)`` (no global RNG is touched)."""
 
-    def __init__(self, images: ImageDataset, views: Callable, seed: int = 0) -> None:
-        self.images, self.views, self.seed = images, views, seed
+    def __init__(self, images, views_recipe, seed: int = 0) -> None:
+        self.images, self.recipe, self.seed = images, views_recipe, seed
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         i, epoch = key
-        img, _ = self.images[i]
-        # The transforms draw from the CPU's default generator: seed that one only, and give its state
-        # back. (torch.manual_seed would reseed every CUDA generator too: with no loader workers, the
-        # shuffle-BN permutation on the GPU would become a function of the last image.)
-        cpu = torch.random.default_generator
-        state = cpu.get_state()
-        cpu.manual_seed(hash((self.seed, epoch, i)) & 0x7FFF_FFFF_FFFF_FFFF)
-        try:
-            return self.views(img)
-        finally:
-            cpu.set_state(state)
+        pixels, (h, w) = self.images.item(i)
+        rng = random.Random(hash((self.seed, epoch, i)))
+        return torch.tensor(pixels), draw_view(self.recipe, rng, h, w), draw_view(self.recipe, rng, h, w)
 
 
-def _loader_kwargs(num_workers: int, pin_memory: bool) -> dict:
-    kw: dict = {"num_workers": num_workers, "pin_memory": pin_memory}
+class EvalSamples(Dataset):
+    """``(uint8 image, centre box, index)`` of row ``i``, in partition order."""
+
+    def __init__(self, images, image_size: int) -> None:
+        self.images, self.image_size = images, image_size
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        pixels, (h, w) = self.images.item(i)
+        return torch.tensor(pixels), eval_box(h, w, self.image_size), i
+
+
+class DeviceBatches:
+    """A DataLoader's batches moved to ``device`` and turned into the model's inputs there by ``finish``."""
+
+    def __init__(self, loader: DataLoader, finish: Callable, device: torch.device | str) -> None:
+        self.loader, self.finish, self.device = loader, finish, torch.device(device)
+        self.sampler, self.batch_size = loader.sampler, loader.batch_size
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator:
+        for batch in self.loader:
+            yield self.finish(*(t.to(self.device, non_blocking=True) for t in batch))
+
+
+def loader_workers(asked: int, cpus: int) -> int:
+    """DataLoader workers: as many as asked, at most the CPUs this process holds (noted once)."""
+    if asked > cpus and (asked, cpus) not in _noted:
+        _noted.add((asked, cpus))
+        log.warning(
+            "data.num_workers=%d but this worker holds %d CPU(s) (scaling.cpus_per_worker): using %d "
+            "loader process(es)",
+            asked,
+            cpus,
+            cpus,
+        )
+    return min(asked, cpus)
+
+
+def _loader_kwargs(num_workers: int, device: torch.device, persistent: bool) -> dict:
+    kw: dict = {"num_workers": num_workers, "pin_memory": device.type == "cuda"}
     if num_workers > 0:
-        kw.update(persistent_workers=True, prefetch_factor=4)
+        kw.update(persistent_workers=persistent, prefetch_factor=4)
     return kw
 
 
@@ -85,16 +128,13 @@ def pretrain_loader(
     partition: Partition,
     rank: int = 0,
     world_size: int = 1,
-    pin_memory: bool = False,
-) -> DataLoader:
-    """Batches of ``(im_q, im_k)`` for one rank; batch size = global batch / world size."""
-    images = ImageDataset(partition, cfg.data.channels, cache=cfg.data.cache_decoded)
-    if cfg.data.cache_decoded:
-        images.preload()  # decode once, before the workers fork
-    transform = build_pretrain_transform(
-        cfg.augment.recipe, cfg.data.image_size, cfg.data.channels, cfg.data.normalization
-    )
-    dataset = PretrainViews(images, TwoViews(transform), seed=cfg.run.seed)
+    device: torch.device | str = "cpu",
+) -> DeviceBatches:
+    """Batches of ``(im_q, im_k)`` on ``device`` for one rank; batch size = global batch / world size."""
+    device = torch.device(device)
+    data = cfg.data
+    r = recipe(cfg.augment.recipe, data.image_size, data.channels)
+    images = images_of(data, partition)
     per_rank = cfg.optim.batch_size // world_size
     sampler = ShardSampler(len(images), rank, world_size, seed=cfg.run.seed)
     if len(sampler) < per_rank:
@@ -102,38 +142,41 @@ def pretrain_loader(
             f"partition {partition.name!r} has {len(images)} images: fewer than one batch of "
             f"{per_rank} per worker; lower optim.batch_size"
         )
-    return DataLoader(
-        dataset,
+    loader = DataLoader(
+        PretrainSamples(images, r, seed=cfg.run.seed),
         batch_size=per_rank,
         sampler=sampler,
         drop_last=True,
         # its own RNG: worker seeds must not consume the global RNG, whose state is in the checkpoint
         generator=torch.Generator().manual_seed(cfg.run.seed),
-        **_loader_kwargs(cfg.data.num_workers, pin_memory),
+        **_loader_kwargs(loader_workers(data.num_workers, cfg.scaling.cpus_per_worker), device, True),
     )
+    views = BatchViews(r, *normalization(data.channels, data.normalization))
+    return DeviceBatches(loader, lambda x, pq, pk: (views(x, pq), views(x, pk)), device)
 
 
 def eval_loader(
     data: DataConfig,
     partition: Partition,
     batch_size: int = 256,
-    pin_memory: bool = False,
-    transform: Callable | None = None,
-) -> DataLoader:
-    """Deterministic, non-augmented batches of ``(image, index)`` in CSV order.
+    device: torch.device | str = "cpu",
+    stats: tuple[Sequence[float], Sequence[float]] | None = None,
+    cpus: int = 1,
+) -> DeviceBatches:
+    """Deterministic, non-augmented batches of ``(image, index)`` on ``device``, in partition order.
 
-    ``transform`` defaults to ``build_eval_transform(data.image_size, data.channels)``; a pulled encoder
-    passes its own (the same, with the normalisation recorded in its package).
+    ``stats`` (mean, std) default to ``data.normalization``'s; a pulled encoder passes its own.
     """
-    images = ImageDataset(
-        partition,
-        data.channels,
-        transform=transform or build_eval_transform(data.image_size, data.channels, data.normalization),
-        cache=data.cache_decoded,
+    device = torch.device(device)
+    loader = DataLoader(
+        EvalSamples(images_of(data, partition), data.image_size),
+        batch_size=batch_size,
+        shuffle=False,
+        **_loader_kwargs(loader_workers(data.num_workers, cpus), device, False),
     )
-    if data.cache_decoded:
-        images.preload()
-    return DataLoader(images, batch_size=batch_size, shuffle=False, num_workers=0, pin_memory=pin_memory)
+    mean, std = stats or normalization(data.channels, data.normalization)
+    view = EvalView(data.image_size, data.channels, mean, std)
+    return DeviceBatches(loader, lambda x, boxes, index: (view(x, boxes), index), device)
 
 
 def steps_per_epoch(n_images: int, cfg: ExperimentConfig) -> int:
@@ -161,7 +204,10 @@ def queue_size_warning(n_images: int, cfg: ExperimentConfig) -> str | None:
 
 __all__ = [
     "ShardSampler",
-    "PretrainViews",
+    "PretrainSamples",
+    "EvalSamples",
+    "DeviceBatches",
+    "loader_workers",
     "pretrain_loader",
     "eval_loader",
     "steps_per_epoch",

@@ -9,11 +9,10 @@ one worker's local disk). S3-compatible stores (MinIO) are reached with the usua
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable
 from pathlib import Path
 
 from moco_core.errors import UserError
+from moco_core.files import write_atomic
 
 
 class StorageError(UserError, RuntimeError):
@@ -43,17 +42,6 @@ def _fs(uri: str):
             f"run.storage_path: cannot open {uri}: {e}. Use a local folder, an NFS path every node mounts, "
             "or an s3:// / gs:// URI (credentials from the usual AWS_* / GOOGLE_* variables)"
         ) from None
-
-
-def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """``write(tmp)`` a file beside ``path``, then rename it over ``path``: a reader sees the old file
-    or the new one, never half of one (and a crash leaves no partial file behind)."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def write_text(path: str, text: str) -> None:

@@ -15,7 +15,6 @@ from moco_core.data import (
     PARTITIONS,
     DataError,
     Fault,
-    ImageDataset,
     dataset_fingerprint,
     load_image,
     read_dataset,
@@ -23,6 +22,7 @@ from moco_core.data import (
     validate_dataset,
 )
 from moco_core.digits import write_digits
+from moco_core.store import FileImages
 
 # Paths per partition: nested sub-folders on purpose.
 FILES = {
@@ -260,13 +260,11 @@ def test_corrupt_image_found_only_when_decoding(tmp_path):
     assert "cannot decode" in f.message
 
     part = read_partition(root, "train")  # existence only: fine
-    ds = ImageDataset(part, channels=3)
-    assert ds[0][0].shape == (3, 10, 12)
+    images = FileImages(part, channels=3, size=8)
+    pixels, original = images.item(0)
+    assert pixels.shape == (3, 8, 8) and original == (10, 12)  # squashed; the original size kept
     with pytest.raises(DataError, match=r"train\.csv line 3 \(train/a/x1\.png\): cannot decode"):
-        ds[1]
-    with pytest.raises(DataError) as e:
-        ImageDataset(part, channels=3, cache=True).preload()
-    assert [(x.row, x.file) for x in e.value.faults] == [(3, "train/a/x1.png")]
+        images.item(1)
 
 
 def test_empty_csv(tmp_path):
@@ -365,16 +363,6 @@ def test_load_image_names_unreadable_file(tmp_path):
     path.write_bytes(b"\x89PNG garbage")
     with pytest.raises(DataError, match="junk.png"):
         load_image(path, 3)
-
-
-def test_image_dataset_transform_index_and_cache(tmp_path):
-    root = make_dataset(tmp_path)
-    part = read_partition(root, "val")
-    ds = ImageDataset(part, channels=1, transform=lambda x: x.float() / 255, cache=True)
-    ds.preload()
-    (root / "val" / "v2.png").unlink()  # served from memory after preload
-    img, i = ds[2]
-    assert i == 2 and img.dtype == torch.float32 and img.shape == (1, 10, 12)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,14 +15,15 @@ import torch
 from mlflow.tracking import MlflowClient
 from torch.nn import functional as F
 
-from moco_core.augment import TwoViews, build_pretrain_transform
+from moco_core.augment import BatchViews, normalization, recipe
 from moco_core.backbones import create_backbone
 from moco_core.checkpoint import backbone_from_checkpoint, load_checkpoint
 from moco_core.config import ConfigError
-from moco_core.data import DataError, ImageDataset, read_dataset
+from moco_core.data import DataError, read_dataset
 from moco_core.model import build_moco
 from moco_core.monitor import scored_as
-from moco_core.pipeline import PretrainViews
+from moco_core.pipeline import PretrainSamples
+from moco_core.store import images_of
 from service import registry
 from service.pretrain import PretrainError, pretrain
 from service.records import RunRecord
@@ -44,16 +45,14 @@ def _heldout_infonce(cfg, model_state) -> float:
     model.load_state_dict(model_state)
     model.train()  # batch statistics, as in training; q and k batches are normalised separately
     val = read_dataset(cfg.data.root, partitions=("val",))["val"]
-    views = PretrainViews(
-        ImageDataset(val, cfg.data.channels),
-        TwoViews(build_pretrain_transform(cfg.augment.recipe, cfg.data.image_size, 1)),
-        seed=7,
-    )
-    pairs = [views[(i, 0)] for i in range(len(val))]
-    q = F.normalize(model.encoder_q(torch.stack([a for a, _ in pairs])), dim=1)  # N x C
-    k = F.normalize(model.encoder_q(torch.stack([b for _, b in pairs])), dim=1)  # N x C
+    r = recipe(cfg.augment.recipe, cfg.data.image_size, cfg.data.channels)
+    samples = PretrainSamples(images_of(cfg.data, val), r, seed=7)
+    images, pq, pk = (torch.stack(t) for t in zip(*(samples[(i, 0)] for i in range(len(val)))))
+    views = BatchViews(r, *normalization(cfg.data.channels, cfg.data.normalization))
+    q = F.normalize(model.encoder_q(views(images, pq)), dim=1)  # N x C
+    k = F.normalize(model.encoder_q(views(images, pk)), dim=1)  # N x C
     logits = q @ k.t() / cfg.moco.temperature  # N x N, positives on the diagonal
-    return float(F.cross_entropy(logits, torch.arange(len(pairs))))
+    return float(F.cross_entropy(logits, torch.arange(len(val))))
 
 
 def test_two_gloo_workers_learn_track_and_register(ray_cluster, digits_root, tmp_path):

@@ -21,8 +21,18 @@ class DataConfig(Strict):
     image_size: int = Field(32, ge=8, le=1024)
     channels: Literal[1, 3] = 3
     label_columns: list[str] | None = None  # default: every column but Path
-    num_workers: int = Field(2, ge=0)  # DataLoader worker processes
-    cache_decoded: bool = True  # decode every image once into memory (small datasets)
+    num_workers: int = Field(2, ge=0)  # DataLoader worker processes (at most scaling.cpus_per_worker)
+    # a prepared store (`moco data prepare`): every image decoded once, read a sample at a time
+    store: str | None = None
+    # auto: prepare data.store on first use (default folder: <run.storage_path>/stores/...)
+    prepare: Literal["off", "auto"] = "off"
+    store_size: int | None = Field(None, ge=8, le=4096)  # stored side; default image_size (<= 64) or x8/7
+
+    @field_validator("prepare", mode="before")
+    @classmethod
+    def _yaml_off(cls, v: Any) -> Any:
+        return "off" if v is False else v  # YAML reads a bare `off` as false
+
     normalization: Literal["imagenet", "cifar10"] = "imagenet"  # per-channel mean/std of the inputs
 
 

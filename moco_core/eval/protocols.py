@@ -15,6 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from ..config import EvalConfig
+from ..pipeline import DeviceBatches
 from .features import extract_features
 from .finetune import finetune
 from .fractions import label_subset
@@ -86,16 +87,25 @@ def _measure(
     )
 
 
-def _finetune_batches(task: Task, idx: np.ndarray, batch_size: int, seed: int) -> Callable[[int], DataLoader]:
-    images = Subset(task.loader("train").dataset, idx.tolist())
+def _finetune_batches(
+    task: Task, idx: np.ndarray, batch_size: int, seed: int
+) -> Callable[[int], DeviceBatches]:
+    train = task.loader("train")
+    images = Subset(train.loader.dataset, idx.tolist())
     bs = min(batch_size, len(idx))
 
-    def batches(epoch: int) -> DataLoader:  # yields (images, row index in the train partition)
+    def batches(epoch: int) -> DeviceBatches:  # yields (images, row index in the train partition)
         g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
         # a last batch of one image would break batch norm in train mode: drop it
-        return DataLoader(
-            images, batch_size=bs, shuffle=True, generator=g, drop_last=len(idx) % bs == 1, num_workers=0
+        loader = DataLoader(
+            images,
+            batch_size=bs,
+            shuffle=True,
+            generator=g,
+            drop_last=len(idx) % bs == 1,
+            num_workers=train.loader.num_workers,
         )
+        return DeviceBatches(loader, train.finish, train.device)
 
     return batches
 

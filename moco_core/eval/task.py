@@ -3,17 +3,16 @@ that every protocol can be trained and scored on its labels."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from ..config import DataConfig
 from ..data import Partition, load_image
 from ..errors import UserError
-from ..pipeline import eval_loader
+from ..pipeline import DeviceBatches, eval_loader
 from .heads import num_outputs
 from .metrics import metric_name
 
@@ -34,8 +33,10 @@ class Task:
 
     parts: dict[str, Partition]
     data: DataConfig  # image_size and channels of the encoder
-    transform: Callable | None = None  # the encoder's preprocessing (default: build_eval_transform)
-    _loaders: dict[str, DataLoader] = field(default_factory=dict, repr=False)
+    stats: tuple[list[float], list[float]] | None = None  # the encoder's (mean, std); default data's
+    device: str = "cpu"  # where the views are made (and the encoder runs)
+    cpus: int = field(default_factory=lambda: os.cpu_count() or 1)  # bound of the loader workers
+    _loaders: dict[str, DeviceBatches] = field(default_factory=dict, repr=False)
 
     @property
     def label_kind(self) -> str:
@@ -55,11 +56,11 @@ class Task:
         assert t is not None
         return t
 
-    def loader(self, name: str, batch_size: int = 256) -> DataLoader:
-        """Deterministic batches of ``(image, index)`` of a partition; images decoded once, then reused."""
+    def loader(self, name: str, batch_size: int = 256) -> DeviceBatches:
+        """Deterministic batches of ``(image, index)`` of a partition, on ``device``."""
         if name not in self._loaders:
             self._loaders[name] = eval_loader(
-                self.data, self.parts[name], batch_size, transform=self.transform
+                self.data, self.parts[name], batch_size, self.device, self.stats, self.cpus
             )
         return self._loaders[name]
 

@@ -1,10 +1,11 @@
-"""``moco data``: datasets in the seed format (write the digits, validate a dataset)."""
+"""``moco data``: datasets in the seed format (write the digits, validate a dataset, prepare a store)."""
 
 from __future__ import annotations
 
 import argparse
 
 from .codes import EXIT_FAIL, EXIT_OK
+from .options import add_ray_address
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -28,6 +29,33 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--no-decode", action="store_true", help="check files exist without decoding images")
     p.set_defaults(func=cmd_validate)
+    p = data.add_parser(
+        "prepare",
+        help="decode every image once into a store that training and evaluation read with bounded memory",
+        description="Decode every image of every partition once (on the Ray cluster, one task per shard), "
+        "resized to S x S (squashed; the original size is kept and crops are drawn in it), into uint8 "
+        "shards plus an index. A stopped prepare continues where it stopped. Use it with "
+        "--set data.store=STORE (or data.prepare: auto in the experiment file).",
+    )
+    p.add_argument("root", metavar="ROOT", help="dataset root (holds train/, val/, test/)")
+    p.add_argument("--splits-dir", default=None, metavar="DIR", help="folder of train.csv/val.csv/test.csv")
+    p.add_argument("--out", required=True, metavar="STORE", help="the store folder (created)")
+    p.add_argument(
+        "--image-size", type=int, default=224, help="the data.image_size the store is for (default 224)"
+    )
+    p.add_argument(
+        "--size",
+        type=int,
+        default=None,
+        metavar="S",
+        help="stored side in pixels (default: the image size up to 64 px, else 8/7 of it: 256 for 224)",
+    )
+    p.add_argument("--channels", type=int, choices=(1, 3), default=3, help="data.channels (default 3)")
+    p.add_argument(
+        "--label-columns", default=None, metavar="A,B", help="label columns (default: all but Path)"
+    )
+    add_ray_address(p)
+    p.set_defaults(func=cmd_prepare)
 
 
 def cmd_digits(args: argparse.Namespace) -> int:
@@ -45,3 +73,28 @@ def cmd_validate(args: argparse.Namespace) -> int:
     report = validate_dataset(args.root, args.splits_dir, cols, decode=not args.no_decode)
     print(report.format())
     return EXIT_OK if report.ok else EXIT_FAIL
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from moco_core.store import default_store_size
+
+    from ..prepare import prepare_store, read_all
+
+    cols = args.label_columns.split(",") if args.label_columns else None
+    root = str(Path(args.root).expanduser().resolve())
+    splits = str(Path(args.splits_dir).expanduser().resolve()) if args.splits_dir else None
+    parts = read_all(root, splits, cols)
+    size = args.size or default_store_size(args.image_size)
+    source = {"root": root, "splits_dir": splits, "label_columns": cols}
+    index = prepare_store(parts, args.out, size, args.channels, source, say, args.ray_address)
+    counts = ", ".join(f"{n} {p['images']}" for n, p in index["partitions"].items())
+    print(f"store {args.out}: {counts} images at {size} px; train with --set data.store={args.out}")
+    return EXIT_OK
+
+
+def say(text: str) -> None:
+    import sys
+
+    print(text, file=sys.stderr, flush=True)

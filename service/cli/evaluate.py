@@ -29,6 +29,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, metavar="ROOT", help="dataset root (holds train/, val/, test/)")
     p.add_argument("--splits-dir", default=None, metavar="DIR", help="folder of train.csv/val.csv/test.csv")
     p.add_argument(
+        "--store",
+        default=None,
+        metavar="STORE",
+        help="read the images from this prepared store (moco data prepare) instead of decoding the files",
+    )
+    p.add_argument(
         "--label-columns", default=None, metavar="A,B", help="label columns (default: all but Path)"
     )
     p.add_argument(
@@ -127,6 +133,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         args.encoder,
         args.data,
         splits_dir=args.splits_dir,
+        store=args.store,
         label_columns=labels,
         protocols=list(dict.fromkeys(args.protocols or DEFAULT_PROTOCOLS)),
         fractions=list(dict.fromkeys(args.fractions or [1.0])),

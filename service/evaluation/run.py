@@ -10,6 +10,7 @@ JSON and the plots (:mod:`.plots`).
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -31,13 +32,12 @@ from moco_core.eval import (
     label_subset,
     run_protocols,
 )
+from moco_core.store import check_source, read_index
 
 from .. import registry, tracking
 from .choices import DEFAULT_PROTOCOLS
 from .mlflow_run import log_run
 from .report import build_report, write_json
-
-CACHE_MAX_IMAGES = 20_000  # decode every image once into memory below this many images
 
 
 def say(text: str) -> None:
@@ -50,6 +50,7 @@ def evaluate(
     *,
     splits_dir: str | Path | None = None,
     label_columns: list[str] | None = None,
+    store: str | Path | None = None,
     protocols: Sequence[str] = DEFAULT_PROTOCOLS,
     fractions: Sequence[float] = (1.0,),
     baseline: str | None = None,
@@ -67,8 +68,11 @@ def evaluate(
         backbone, meta = registry.read_encoder_package(registry.resolve_ref(ref, tmp, uri))
     parts = read_dataset(root, splits_dir, label_columns)
     check_task(parts, meta, protocols, fractions, seed)  # every fault before any work
-    task = Task(parts, data_config(root, splits_dir, label_columns, meta, parts), transform=preprocess(meta))
+    if store is not None:  # any size will do: the views are made from the store at the encoder's size
+        check_source(store, read_index(store), parts)
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    stats = ([float(m) for m in meta["mean"]], [float(s) for s in meta["std"]])  # the package's own
+    task = Task(parts, data_config(root, splits_dir, label_columns, meta, store), stats, device)
     results, feats = {}, {}
     for who, net in encoders(backbone, meta, baseline, seed).items():
         net.to(device)
@@ -121,24 +125,18 @@ def data_config(
     splits_dir: str | Path | None,
     label_columns: list[str] | None,
     meta: dict,
-    parts: dict[str, Partition],
+    store: str | Path | None = None,
 ) -> DataConfig:
-    """How the encoder sees the dataset: its image size and channels; small datasets decoded once."""
-    n_images = sum(len(p) for p in parts.values())
+    """How the encoder sees the dataset: its image size and channels, read from ``store`` if given."""
     return DataConfig(
         root=str(Path(root).expanduser().resolve()),
         splits_dir=str(Path(splits_dir).expanduser().resolve()) if splits_dir else None,
         image_size=int(meta["image_size"]),
         channels=int(meta["in_channels"]),
         label_columns=label_columns,
-        num_workers=0,
-        cache_decoded=n_images <= CACHE_MAX_IMAGES,
+        num_workers=min(4, os.cpu_count() or 1),
+        store=str(Path(store).expanduser().resolve()) if store else None,
     )
-
-
-def preprocess(meta: dict) -> Any:
-    """The package's own preprocessing (resize, crop, its normalisation)."""
-    return registry.Preprocess(meta["image_size"], meta["in_channels"], meta["mean"], meta["std"]).transform
 
 
 def encoders(backbone: nn.Module, meta: dict, baseline: str | None, seed: int) -> dict[str, nn.Module]:

@@ -22,6 +22,7 @@ from moco_core.pipeline import queue_size_warning
 
 from .. import tracking
 from ..plots import log_run_plots
+from ..prepare import with_store
 from ..progress import ProgressPrinter, ProgressRelay
 from ..ray_cluster import check_resources, ensure_ray
 from ..records import RunRecord, storage_path_of, timestamped
@@ -67,6 +68,7 @@ def pretrain(
     uri = record.tracking_uri if record is not None else tracking.resolve_tracking_uri(cfg.tracking.uri)
     tracking.check_reachable(uri)  # an unreachable MLflow stops here too
     check_resources(cfg.scaling, remote=ensure_ray(address))  # and workers the cluster cannot hold
+    cfg = with_store(cfg, printer.message, address)  # prepared (data.prepare: auto) or checked
     if record is not None:
         record.mark("running")
     else:

@@ -38,7 +38,7 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
         torch.backends.cudnn.benchmark = True  # fixed input shapes: pick the fastest convolutions once
 
     parts = read_partitions(cfg, check_files=False)
-    loader = pretrain_loader(cfg, parts["train"], rank, world, pin_memory=device.type == "cuda")
+    loader = pretrain_loader(cfg, parts["train"], rank, world, device)
     state = build_train_state(cfg, steps_per_epoch(len(parts["train"]), cfg), world, device)
     resumed = restore(state)
     hooks = EpochHooks(cfg, state, parts, loop_config, rank, world, device)

@@ -21,6 +21,7 @@ from moco_core.config import ExperimentConfig
 from moco_core.monitor import check_monitor
 
 from .. import tracking
+from ..prepare import with_store
 from ..pretrain.inputs import absolute_data_paths, read_partitions
 from ..ray_cluster import check_resources, ensure_ray
 from ..records import SweepRecord, storage_path_of, timestamped
@@ -72,6 +73,7 @@ def tune_sweep(
     uri = record.tracking_uri if record is not None else tracking.resolve_tracking_uri(cfg.tracking.uri)
     tracking.check_reachable(uri)
     check_resources(cfg.scaling, remote=ensure_ray(address))
+    cfg = with_store(cfg, say, address)  # prepared (data.prepare: auto) or checked
     if record is not None:
         record.mark("running")
     else:

@@ -1,0 +1,282 @@
+"""Batched image ops for MoCo views, run on the training device.
+
+Each function works on a whole batch ``(B, C, H, W)`` (C = 1 or 3, float32 in [0, 1] unless stated) with
+per-sample parameters given as 1-D tensors of length B on the same device, so the random views of a batch
+are made on the GPU in a few kernels instead of per image in data-loader workers. Each op matches the
+per-image ``torchvision.transforms.v2.functional`` op it names, applied to each sample alone with that
+sample's parameters. Nothing here draws random numbers: the caller draws the parameters. No Python loop
+runs over the batch; ``color_jitter`` loops over its 4 rounds and 4 ops only. Every function returns a
+new tensor.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "resized_crops",
+    "adjust_brightness",
+    "adjust_contrast",
+    "adjust_saturation",
+    "adjust_hue",
+    "color_jitter",
+    "grayscale",
+    "gaussian_blur",
+    "normalize",
+]
+
+# ITU-R 601 luma weights, as torchvision's rgb_to_grayscale
+_LUMA = (0.2989, 0.587, 0.114)
+
+
+def _per_sample(f: Tensor, x: Tensor) -> Tensor:
+    """``f`` (B,) as (B, 1, 1, 1) in ``x``'s dtype and device, to broadcast over (B, C, H, W)."""
+    if f.ndim != 1 or f.shape[0] != x.shape[0]:
+        raise ValueError(f"expected a factor per sample, shape ({x.shape[0]},), got {tuple(f.shape)}")
+    return f.to(device=x.device, dtype=x.dtype).view(-1, 1, 1, 1)
+
+
+def _mask(apply: Tensor, x: Tensor) -> Tensor:
+    """``apply`` (B,) bool as (B, 1, 1, 1) on ``x``'s device."""
+    if apply.ndim != 1 or apply.shape[0] != x.shape[0]:
+        raise ValueError(f"expected a flag per sample, shape ({x.shape[0]},), got {tuple(apply.shape)}")
+    return apply.to(device=x.device, dtype=torch.bool).view(-1, 1, 1, 1)
+
+
+def _luma(x: Tensor) -> Tensor:
+    """(B, 1, H, W) luminance of RGB ``x``, computed as torchvision's ``_rgb_to_grayscale_image``."""
+    r, g, b = x.unbind(dim=-3)
+    return r.mul(_LUMA[0]).add_(g, alpha=_LUMA[1]).add_(b, alpha=_LUMA[2]).unsqueeze(dim=-3)
+
+
+def _blend(x: Tensor, other: Tensor, ratio: Tensor) -> Tensor:
+    """``x * ratio + other * (1 - ratio)`` clamped to [0, 1], as torchvision's ``_blend``; ratio (B,)."""
+    r = _per_sample(ratio, x)
+    return (x * r + other * (1.0 - r)).clamp_(0.0, 1.0)
+
+
+def resized_crops(
+    images: Tensor,
+    boxes: Tensor,
+    out_size: int,
+    flips: Tensor | None = None,
+    angles: Tensor | None = None,
+) -> Tensor:
+    """Crop a window of each image, resize it to ``out_size`` x ``out_size``, optionally mirror and rotate.
+
+    ``images``: (B, C, S, S) uint8 (scaled to [0, 1] first) or float. ``boxes``: (B, 4) ``(x0, y0, w, h)``
+    as fractions of the image width / height. ``flips``: (B,) bool or 0/1, mirror the output horizontally.
+    ``angles``: (B,) degrees, counter-clockwise as torchvision's ``rotate``, in output pixel space.
+
+    Without angles this matches ``v2.functional.resized_crop(img, top, left, height, width, [out, out],
+    antialias=False)`` (bilinear; no antialiasing, so a strongly downscaled crop aliases where
+    torchvision's default ``antialias=True`` would not). The only difference is on the output's rim
+    (about half the upscaling factor wide, at least one pixel): torchvision replicates the crop's edge
+    pixels, here the pixels just outside the crop are read. At the image's own border both replicate
+    its edge pixels.
+
+    An angle rotates the crop window about its centre, not the cropped image: content outside the
+    window but inside the image is read from the image, and only positions outside the image are black.
+    The mirror is applied after the rotation (it mirrors the output).
+
+    One ``affine_grid`` + ``grid_sample`` (bilinear, zero padding, ``align_corners=False``) for the
+    whole batch; returns (B, C, out_size, out_size) float32.
+    """
+    if images.ndim != 4:
+        raise ValueError(f"images must be (B, C, S, S), got {tuple(images.shape)}")
+    b, c, height, width = images.shape
+    if images.dtype == torch.uint8:
+        x = images.to(torch.float32).div_(255.0)
+    else:
+        x = images.to(torch.float32)
+    if boxes.shape != (b, 4):
+        raise ValueError(f"boxes must be ({b}, 4), got {tuple(boxes.shape)}")
+    dev = x.device
+    x0, y0, w, h = boxes.to(device=dev, dtype=torch.float32).unbind(dim=1)
+    # affine_grid maps output coords in [-1, 1] to input coords in [-1, 1]: the window's centre and
+    # half-extent in those units are (2 * x0 + w - 1, 2 * y0 + h - 1) and (w, h).
+    cx = 2.0 * x0 + w - 1.0
+    cy = 2.0 * y0 + h - 1.0
+    # linear part: diag(w, h) @ R(-angle) @ mirror. With y pointing down, content turned
+    # counter-clockwise by a means output point o reads window point R(-a) o = [[cos, -sin], [sin, cos]] o.
+    a00, a01, a10, a11 = w, torch.zeros_like(w), torch.zeros_like(h), h
+    if angles is not None:
+        rad = angles.to(device=dev, dtype=torch.float32) * (math.pi / 180.0)
+        cos, sin = torch.cos(rad), torch.sin(rad)
+        a00, a01, a10, a11 = w * cos, -w * sin, h * sin, h * cos
+    if flips is not None:
+        sign = 1.0 - 2.0 * flips.to(device=dev, dtype=torch.float32)
+        a00, a10 = a00 * sign, a10 * sign
+    theta = torch.stack(
+        (torch.stack((a00, a01, cx), dim=1), torch.stack((a10, a11, cy), dim=1)), dim=1
+    )  # (B, 2, 3)
+    grid = F.affine_grid(theta, [b, c, out_size, out_size], align_corners=False)
+    # Inside the image but within half a pixel of its border, read the edge pixel (torchvision's resize
+    # replicates it) rather than a blend with the zero padding; outside the image stays black.
+    lim = torch.tensor([1.0 - 1.0 / width, 1.0 - 1.0 / height], device=dev)
+    grid = torch.where(grid.abs() <= 1.0, torch.maximum(torch.minimum(grid, lim), -lim), grid)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def adjust_brightness(x: Tensor, f: Tensor) -> Tensor:
+    """Per-sample ``v2.functional.adjust_brightness``: ``x * f`` clamped to [0, 1]."""
+    return (x * _per_sample(f, x)).clamp_(0.0, 1.0)
+
+
+def adjust_contrast(x: Tensor, f: Tensor) -> Tensor:
+    """Per-sample ``v2.functional.adjust_contrast``: blend with the mean of the grayscale image, clamp."""
+    gray = _luma(x) if x.shape[-3] == 3 else x
+    mean = gray.mean(dim=(-3, -2, -1), keepdim=True)
+    return _blend(x, mean, f)
+
+
+def adjust_saturation(x: Tensor, f: Tensor) -> Tensor:
+    """Per-sample ``v2.functional.adjust_saturation``: blend with the grayscale image, clamp.
+    Identity (a copy) for one channel, as torchvision."""
+    if x.shape[-3] == 1:
+        return x.clone()
+    return _blend(x, _luma(x), f)
+
+
+def _rgb_to_hsv(image: Tensor) -> Tensor:
+    """torchvision's ``_rgb_to_hsv`` (v2/functional/_color.py), unchanged."""
+    r, g, _ = image.unbind(dim=-3)
+    minc, maxc = torch.aminmax(image, dim=-3)
+    eqc = maxc == minc  # grey pixels: S and H are 0; the where()s below avoid 0 / 0
+    channels_range = maxc - minc
+    ones = torch.ones_like(maxc)
+    s = channels_range / torch.where(eqc, ones, maxc)
+    channels_range_divisor = torch.where(eqc, ones, channels_range).unsqueeze_(dim=-3)
+    rc, gc, bc = ((maxc.unsqueeze(dim=-3) - image) / channels_range_divisor).unbind(dim=-3)
+    mask_maxc_neq_r = maxc != r
+    mask_maxc_eq_g = maxc == g
+    hg = rc.add(2.0).sub_(bc).mul_(mask_maxc_eq_g & mask_maxc_neq_r)
+    hr = bc.sub_(gc).mul_(~mask_maxc_neq_r)
+    hb = gc.add_(4.0).sub_(rc).mul_(mask_maxc_neq_r.logical_and_(mask_maxc_eq_g.logical_not_()))
+    h = hr.add_(hg).add_(hb)
+    h = h.mul_(1.0 / 6.0).add_(1.0).fmod_(1.0)
+    return torch.stack((h, s, maxc), dim=-3)
+
+
+def _hsv_to_rgb(img: Tensor) -> Tensor:
+    """torchvision's ``_hsv_to_rgb`` (v2/functional/_color.py), for (B, 3, H, W)."""
+    h, s, v = img.unbind(dim=-3)
+    h6 = h.mul(6)
+    i = torch.floor(h6)
+    f = h6.sub_(i)
+    i = i.to(dtype=torch.int32)
+    sxf = s * f
+    one_minus_s = 1.0 - s
+    q = (1.0 - sxf).mul_(v).clamp_(0.0, 1.0)
+    t = sxf.add_(one_minus_s).mul_(v).clamp_(0.0, 1.0)
+    p = one_minus_s.mul_(v).clamp_(0.0, 1.0)
+    i.remainder_(6)
+    vpqt = torch.stack((v, p, q, t), dim=-3)
+    # which of (v, p, q, t) each of r, g, b takes, by sector i
+    select = torch.tensor(
+        [[0, 2, 1, 1, 3, 0], [3, 0, 0, 2, 1, 1], [1, 1, 3, 0, 0, 2]], dtype=torch.long, device=img.device
+    )
+    select = select[:, i].moveaxis(0, -3)  # (3, B, H, W) -> (B, 3, H, W)
+    return vpqt.gather(-3, select)
+
+
+def adjust_hue(x: Tensor, h: Tensor) -> Tensor:
+    """Per-sample ``v2.functional.adjust_hue`` (h in [-0.5, 0.5]): RGB -> HSV, shift H, HSV -> RGB.
+    Identity (a copy) for one channel, as torchvision."""
+    if x.shape[-3] == 1:
+        return x.clone()
+    hsv = _rgb_to_hsv(x)
+    hue, sat, val = hsv.unbind(dim=-3)
+    hue = (hue + _per_sample(h, x).view(-1, 1, 1)).remainder_(1.0)
+    return _hsv_to_rgb(torch.stack((hue, sat, val), dim=-3))
+
+
+def color_jitter(
+    x: Tensor,
+    apply: Tensor,
+    brightness: Tensor,
+    contrast: Tensor,
+    saturation: Tensor,
+    hue: Tensor,
+    order: Tensor,
+) -> Tensor:
+    """Per-sample ``v2.ColorJitter`` with drawn parameters: where ``apply`` is true, the four adjustments
+    in the order ``order[b]`` (a permutation of 0..3: 0 brightness, 1 contrast, 2 saturation, 3 hue, as
+    ColorJitter's ``fn_idx``) with that sample's factors; other samples are returned unchanged.
+
+    Four rounds; in round r each op runs once, on the samples whose ``order[:, r]`` names it (selecting
+    them waits for the device: 16 small host syncs a call)."""
+    b = x.shape[0]
+    if order.shape != (b, 4):
+        raise ValueError(f"order must be ({b}, 4), got {tuple(order.shape)}")
+    ops = (
+        (adjust_brightness, brightness),
+        (adjust_contrast, contrast),
+        (adjust_saturation, saturation),
+        (adjust_hue, hue),
+    )
+    apply = _mask(apply, x).view(-1)
+    order = order.to(x.device)
+    out = x.clone()
+    for r in range(4):
+        for k, (op, factor) in enumerate(ops):
+            idx = torch.nonzero(apply & (order[:, r] == k)).view(-1)
+            if idx.numel() == 0:
+                continue
+            sel = op(out.index_select(0, idx), factor.to(x.device).index_select(0, idx))
+            out.index_copy_(0, idx, sel)
+    return out
+
+
+def grayscale(x: Tensor, apply: Tensor) -> Tensor:
+    """Per-sample ``v2.functional.rgb_to_grayscale(img, num_output_channels=3)`` where ``apply`` is true
+    (ITU-R 601 luma on all three channels); identity (a copy) for one channel."""
+    if x.shape[-3] == 1:
+        return x.clone()
+    return torch.where(_mask(apply, x), _luma(x).expand_as(x), x)
+
+
+def _gaussian_kernels1d(sigma: Tensor, kernel_size: int) -> Tensor:
+    """(B, k) kernels as torchvision's ``_get_gaussian_kernel1d``: over ``linspace(-(k-1)/2, (k-1)/2)``,
+    ``exp(-0.5 (x / sigma)^2)`` normalised (torchvision writes it as a softmax of -(t / sigma)^2 with
+    t = x / sqrt 2, which is the same)."""
+    lim = (kernel_size - 1) / (2.0 * math.sqrt(2.0))
+    t = torch.linspace(-lim, lim, steps=kernel_size, dtype=sigma.dtype, device=sigma.device)
+    return torch.softmax((t / sigma.unsqueeze(1)).pow(2).neg(), dim=1)
+
+
+def gaussian_blur(x: Tensor, apply: Tensor, sigma: Tensor, kernel_size: int) -> Tensor:
+    """Per-sample ``v2.functional.gaussian_blur(img, [k, k], [s, s])`` where ``apply`` is true.
+
+    Separable: a horizontal then a vertical 1-D grouped convolution with each sample's kernel, reflect
+    padding of ``k // 2`` (k odd, ``k // 2`` less than H and W). Returns unapplied samples unchanged.
+    """
+    if kernel_size % 2 != 1 or kernel_size < 1:
+        raise ValueError(f"kernel_size must be odd and positive, got {kernel_size}")
+    b, c, height, width = x.shape
+    mask = _mask(apply, x)
+    # samples left alone may carry any sigma (even 0); give them 1 so no NaN is computed
+    sig = torch.where(
+        mask.view(-1), _per_sample(sigma, x).view(-1), torch.ones((), dtype=x.dtype, device=x.device)
+    )
+    kernels = _gaussian_kernels1d(sig, kernel_size).repeat_interleave(c, dim=0)  # (B * C, k)
+    pad = kernel_size // 2
+    y = x.reshape(1, b * c, height, width)
+    y = F.conv2d(F.pad(y, (pad, pad, 0, 0), mode="reflect"), kernels.view(b * c, 1, 1, -1), groups=b * c)
+    y = F.conv2d(F.pad(y, (0, 0, pad, pad), mode="reflect"), kernels.view(b * c, 1, -1, 1), groups=b * c)
+    return torch.where(mask, y.view(b, c, height, width), x)
+
+
+def normalize(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """``v2.functional.normalize``: ``(x - mean) / std`` per channel."""
+    c = x.shape[-3]
+    if len(mean) != c or len(std) != c:
+        raise ValueError(f"need {c} means and stds, got {len(mean)} and {len(std)}")
+    m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+    s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+    return (x - m) / s

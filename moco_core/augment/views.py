@@ -1,0 +1,65 @@
+"""Views of whole batches, on the device the batch is on: uint8 store images and per-sample parameters
+in, normalised float32 model inputs out (:mod:`.ops` does the work, :mod:`.params` drew the numbers)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from . import ops
+from . import params as P
+from .recipes import Recipe
+
+
+def to_channels(x: Tensor, channels: int) -> Tensor:
+    """Gray to RGB by repetition, RGB to gray by ITU-R 601 luminance (as ``data.images.decode``)."""
+    if x.shape[1] == channels:
+        return x
+    if channels == 3:
+        return x.expand(-1, 3, -1, -1)
+    return ops.grayscale(x, torch.ones(x.shape[0], dtype=torch.bool, device=x.device))[:, :1]
+
+
+class BatchViews:
+    """One random view per sample of a batch, as ``recipe`` makes it."""
+
+    def __init__(self, recipe: Recipe, mean: Sequence[float], std: Sequence[float]) -> None:
+        self.recipe, self.mean, self.std = recipe, list(mean), list(std)
+
+    def __call__(self, images: Tensor, p: Tensor) -> Tensor:
+        r = self.recipe
+        x = ops.resized_crops(
+            images,
+            p[:, P.BOX],
+            r.image_size,
+            flips=p[:, P.FLIP] > 0.5 if r.flip else None,
+            angles=p[:, P.ANGLE] if r.degrees else None,
+        )
+        x = to_channels(x, r.channels)
+        if r.gray_first and r.gray_p:
+            x = ops.grayscale(x, p[:, P.GRAY] > 0.5)
+        if r.jitter_p:
+            b, c, s, h = p[:, P.FACTORS].unbind(1)
+            x = ops.color_jitter(x, p[:, P.JITTER] > 0.5, b, c, s, h, p[:, P.ORDER].long())
+        if not r.gray_first and r.gray_p:
+            x = ops.grayscale(x, p[:, P.GRAY] > 0.5)
+        if r.blur_p:
+            x = ops.gaussian_blur(x, p[:, P.BLUR] > 0.5, p[:, P.SIGMA], r.blur_kernel)
+        return ops.normalize(x, self.mean, self.std)
+
+
+class EvalView:
+    """The deterministic view of evaluation: the centre square (``params.eval_box``), resized to
+    ``image_size``, normalised."""
+
+    def __init__(self, image_size: int, channels: int, mean: Sequence[float], std: Sequence[float]) -> None:
+        self.image_size, self.channels, self.mean, self.std = image_size, channels, list(mean), list(std)
+
+    def __call__(self, images: Tensor, boxes: Tensor) -> Tensor:
+        x = to_channels(ops.resized_crops(images, boxes, self.image_size), self.channels)
+        return ops.normalize(x, self.mean, self.std)
+
+
+__all__ = ["to_channels", "BatchViews", "EvalView"]

@@ -1,0 +1,240 @@
+"""Reading the CSV partitions of a dataset into ``Partition``s, with every fault collected."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import posixpath
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+import numpy as np
+
+from .faults import DataError, Fault
+from .labels import LabelKind, RawPartition, decide_kind, targets_of
+
+PARTITIONS = ("train", "val", "test")
+
+
+@dataclass
+class Partition:
+    """One partition read from its CSV; ``paths`` are absolute, in CSV order."""
+
+    name: str
+    folder: Path
+    csv_path: Path
+    rows: list[int]
+    paths: list[Path]
+    label_names: list[str]
+    label_kind: LabelKind
+    classes: list[str]
+    targets: np.ndarray | None  # multiclass: int64 (n,); binary/multilabel: float32 (n, L); none: None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def take(self, rows: Sequence[int] | np.ndarray) -> Partition:
+        """This partition restricted to ``rows`` (indices into it), in that order."""
+        idx = [int(i) for i in rows]
+        targets = None if self.targets is None else self.targets[np.asarray(idx, dtype=np.int64)]
+        return replace(
+            self, rows=[self.rows[i] for i in idx], paths=[self.paths[i] for i in idx], targets=targets
+        )
+
+    def relpath(self, i: int) -> str:
+        """``"train/a/b.png"``: how faults name image ``i``."""
+        return f"{self.name}/{self.paths[i].relative_to(self.folder).as_posix()}"
+
+
+def _locations(root: str | Path, splits_dir: str | Path | None) -> tuple[Path, Path]:
+    r = Path(root).expanduser().absolute()
+    return r, (Path(splits_dir).expanduser().absolute() if splits_dir else r)
+
+
+def _path_problem(p: str) -> str | None:
+    if not p:
+        return "empty Path"
+    if PurePosixPath(p).is_absolute() or PureWindowsPath(p).is_absolute() or PureWindowsPath(p).drive:
+        return f"absolute path {p!r}: Path must be relative to the partition folder"
+    norm = posixpath.normpath(p)
+    if norm == ".." or norm.startswith("../"):
+        return f"path {p!r} resolves outside the partition folder"
+    if norm == ".":
+        return f"path {p!r} names the partition folder itself, not an image"
+    return None
+
+
+def _read_raw(
+    root: Path, splits: Path, name: str, label_columns: Sequence[str] | None, check_files: bool
+) -> tuple[RawPartition | None, list[Fault]]:
+    csv_path, folder = splits / f"{name}.csv", root / name
+    faults: list[Fault] = []
+
+    def fault(msg: str, row: int | None = None, file: str | None = None) -> None:
+        faults.append(Fault(name, row, file, msg))
+
+    if not csv_path.is_file():
+        fault(f"{csv_path} not found (one CSV per partition: {', '.join(p + '.csv' for p in PARTITIONS)})")
+        return None, faults
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.reader(fh)
+            records: list[tuple[int, list[str]]] = []
+            prev = 0
+            for rec in reader:
+                if rec and any(c.strip() for c in rec):
+                    records.append((prev + 1, rec))
+                prev = reader.line_num
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        fault(f"cannot read {csv_path}: {e}")
+        return None, faults
+    if not records:
+        fault(f"{csv_path} is empty: expected a header with a Path column and one row per image")
+        return None, faults
+    header_line, header = records[0]
+    header = [c.strip() for c in header]
+    dupes = sorted({c for c in header if header.count(c) > 1})
+    if dupes:
+        fault(f"duplicate column(s) {dupes} in the header", header_line)
+    if "Path" not in header:
+        fault(
+            f"no 'Path' column in the header (columns: {header}); Path holds each image's file "
+            f"path relative to {folder}",
+            header_line,
+        )
+    if label_columns is None:
+        names = [c for c in header if c != "Path"]
+    else:
+        names = list(label_columns)
+        missing = [c for c in names if c not in header]
+        if missing or "Path" in names:
+            fault(f"label column(s) {missing or ['Path']} not usable (columns: {header})", header_line)
+    if faults:
+        return None, faults
+    if len(records) == 1:
+        fault(f"partition {name!r} is empty: {csv_path} has a header but no rows")
+    if check_files and not folder.is_dir():
+        fault(f"partition folder {folder} not found")
+        check_files = False
+    raw = RawPartition(name, folder, csv_path, names)
+    ip, il = header.index("Path"), [header.index(c) for c in names]
+    for line, rec in records[1:]:
+        if len(rec) != len(header):
+            fault(f"row has {len(rec)} fields, the header has {len(header)}", line)
+            continue
+        p = rec[ip].strip()
+        shown = f"{name}/{p}"
+        problem = _path_problem(p)
+        norm = posixpath.normpath(p) if p else p
+        if problem:
+            fault(problem, line, shown)
+            continue
+        if check_files and not (folder / norm).is_file():
+            fault("file not found" if not (folder / norm).exists() else "not a file", line, shown)
+        raw.rows.append(line)
+        raw.rel.append(norm)
+        raw.shown.append(shown)
+        raw.labels.append([rec[j].strip() for j in il])
+    return raw, faults
+
+
+def _read_all(
+    root: str | Path,
+    splits_dir: str | Path | None,
+    label_columns: Sequence[str] | None,
+    partitions: Sequence[str],
+    check_files: bool,
+) -> tuple[dict[str, Partition], list[Fault]]:
+    for p in partitions:
+        if p not in PARTITIONS:
+            raise ValueError(f"unknown partition {p!r}; expected one of {PARTITIONS}")
+    r, s = _locations(root, splits_dir)
+    faults: list[Fault] = []
+    raws: list[RawPartition] = []
+    for name in partitions:
+        raw, f = _read_raw(r, s, name, label_columns, check_files)
+        faults += f
+        if raw is not None:
+            raws.append(raw)
+    if not raws:
+        return {}, faults
+    names = raws[0].label_names
+    for raw in raws[1:]:
+        if sorted(raw.label_names) != sorted(names):
+            faults.append(
+                Fault(
+                    raw.name,
+                    1,
+                    None,
+                    f"label columns {raw.label_names} differ from {raws[0].name}.csv's {names}",
+                )
+            )
+        else:
+            order = [raw.label_names.index(c) for c in names]
+            raw.labels = [[v[k] for k in order] for v in raw.labels]
+            raw.label_names = list(names)
+    raws = [x for x in raws if x.label_names == names]
+    kind, classes, f = decide_kind(names, raws)
+    faults += f
+    out = {
+        x.name: Partition(
+            x.name,
+            x.folder,
+            x.csv_path,
+            x.rows,
+            [x.folder / q for q in x.rel],
+            list(names),
+            kind,
+            classes,
+            targets_of(x, kind, classes),
+        )
+        for x in raws
+    }
+    return out, faults
+
+
+def read_dataset(
+    root: str | Path,
+    splits_dir: str | Path | None = None,
+    label_columns: Sequence[str] | None = None,
+    partitions: Sequence[str] = PARTITIONS,
+    check_files: bool = True,
+) -> dict[str, Partition]:
+    """Several partitions read together (one label kind, one class index); raises with all faults."""
+    parts, faults = _read_all(root, splits_dir, label_columns, partitions, check_files)
+    if faults:
+        raise DataError(faults, _header(root, splits_dir, len(faults)))
+    return parts
+
+
+def read_partition(
+    root: str | Path,
+    partition: str,
+    splits_dir: str | Path | None = None,
+    label_columns: Sequence[str] | None = None,
+    check_files: bool = True,
+) -> Partition:
+    """One partition (label kind from this partition alone); raises ``DataError`` with all faults."""
+    return read_dataset(root, splits_dir, label_columns, (partition,), check_files)[partition]
+
+
+def _header(root: str | Path, splits_dir: str | Path | None, n: int) -> str:
+    r, s = _locations(root, splits_dir)
+    where = f"dataset {r}" + (f" (CSVs in {s})" if s != r else "")
+    return f"{where}: {n} problem{'s' if n != 1 else ''}"
+
+
+def dataset_fingerprint(partition: Partition) -> str:
+    """sha256 over the sorted relative paths and file sizes (cheap; no image is read), hex[:16]."""
+    h = hashlib.sha256()
+    for rel, path in sorted((p.relative_to(partition.folder).as_posix(), p) for p in partition.paths):
+        try:
+            size = path.stat().st_size
+        except OSError:
+            size = -1
+        h.update(f"{rel}\0{size}\n".encode())
+    return h.hexdigest()[:16]
+
+
+__all__ = ["PARTITIONS", "Partition", "read_dataset", "read_partition", "dataset_fingerprint"]

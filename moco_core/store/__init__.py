@@ -1,0 +1,22 @@
+"""The prepared store: every image decoded once, at a bounded working resolution, in uint8 shards that
+training and evaluation read a sample at a time (see :mod:`.format` for the layout)."""
+
+from .format import StoreError, check_source, default_store_size, read_index
+from .prepare import ShardInput, begin, finish, prepare_here, write_shard
+from .reader import FileImages, StoreImages, images_of, store_size
+
+__all__ = [
+    "StoreError",
+    "check_source",
+    "default_store_size",
+    "read_index",
+    "ShardInput",
+    "begin",
+    "finish",
+    "prepare_here",
+    "write_shard",
+    "FileImages",
+    "StoreImages",
+    "images_of",
+    "store_size",
+]

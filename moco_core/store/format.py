@@ -1,0 +1,153 @@
+"""The prepared store: its layout on disk, its index, and the checks that it was made from this dataset.
+
+A store is a folder::
+
+    STORE/store.json                the index, written last: a store without it is not finished
+    STORE/plan.json                 what is being prepared (source, size, channels, shard sizes)
+    STORE/train-00000.npy ...       uint8 (n, C, S, S) shards, one file per ``shard_images`` images
+    STORE/train-00000.json ...      each shard's original image sizes and CSV lines
+    STORE/csv/train.csv ...         the partitions' CSVs as they were prepared (labels travel with it)
+
+Every image is decoded once (``data.images.squashed``): 16-bit scaled to 8 bits, ``C`` channels,
+resized to ``S`` x ``S`` (squashed, nothing cut off; the original height and width are kept, and crops
+are drawn in the original geometry). A shard is written under a temporary name and renamed when
+complete, after its ``.json``: a shard whose ``.npy`` exists is done, whatever stopped the prepare.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..data import Partition, dataset_fingerprint
+from ..errors import UserError
+
+FORMAT = 1
+INDEX_FILE = "store.json"
+PLAN_FILE = "plan.json"
+SHARD_BYTES = 64 << 20  # a shard holds about this much (at most MAX_SHARD_IMAGES images)
+MAX_SHARD_IMAGES = 4096
+
+
+class StoreError(UserError, ValueError):
+    """The store cannot be used as asked; the message names the store and what to do."""
+
+
+def default_store_size(image_size: int) -> int:
+    """The stored side ``S`` for a model input of ``image_size``: the input size itself for small
+    images (CIFAR and the digits come at their training size), else 8/7 of it (256 for 224: the
+    reference's resize-then-crop ratio, and room for crops to keep detail)."""
+    return image_size if image_size <= 64 else math.ceil(image_size * 8 / 7)
+
+
+def shard_images(size: int, channels: int) -> int:
+    return max(1, min(MAX_SHARD_IMAGES, SHARD_BYTES // (channels * size * size)))
+
+
+def relpaths(partition: Partition) -> list[str]:
+    """Each image's path relative to its partition folder, in CSV order: how the store names it."""
+    return [p.relative_to(partition.folder).as_posix() for p in partition.paths]
+
+
+@dataclass(frozen=True)
+class Shard:
+    partition: str
+    number: int
+    start: int  # index of its first image in the partition (CSV order)
+    count: int
+
+    @property
+    def stem(self) -> str:
+        return f"{self.partition}-{self.number:05d}"
+
+
+def plan_of(parts: dict[str, Partition], size: int, channels: int) -> dict[str, Any]:
+    """What preparing ``parts`` at ``size`` x ``size`` x ``channels`` writes: the shards of each partition."""
+    per = shard_images(size, channels)
+    return {
+        "format": FORMAT,
+        "size": size,
+        "channels": channels,
+        "shard_images": per,
+        "partitions": {
+            name: {"fingerprint": dataset_fingerprint(p), "images": len(p)} for name, p in parts.items()
+        },
+    }
+
+
+def shards_of(plan: dict[str, Any]) -> list[Shard]:
+    per = plan["shard_images"]
+    return [
+        Shard(name, k, start, min(per, p["images"] - start))
+        for name, p in plan["partitions"].items()
+        for k, start in enumerate(range(0, p["images"], per))
+    ]
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise StoreError(f"{path} cannot be read ({e}); remove the store and prepare it again") from None
+
+
+def read_index(store: str | Path) -> dict[str, Any]:
+    """The index of a finished store; a ``StoreError`` naming the store otherwise."""
+    store = Path(store)
+    index = read_json(store / INDEX_FILE)
+    if index is None:
+        what = "is not finished" if (store / PLAN_FILE).is_file() else "is not a prepared store"
+        raise StoreError(
+            f"{store} {what} (no {INDEX_FILE}): run `moco data prepare ROOT --out {store}` "
+            "(a prepare that was stopped continues where it stopped)"
+        )
+    if index.get("format") != FORMAT:
+        raise StoreError(f"{store} has store format {index.get('format')}, this version reads {FORMAT}")
+    return index
+
+
+def check_source(
+    store: str | Path, index: dict[str, Any], parts: dict[str, Partition], size: int | None = None
+) -> None:
+    """Refuse a store that was not prepared from these partitions (their fingerprints: paths and file
+    sizes) or, when ``size`` is given, at another size."""
+    prepare = f"prepare it again: `moco data prepare {index['source']['root']} --out {store}`"
+    if size is not None and index["size"] != size:
+        raise StoreError(
+            f"{store} holds images of {index['size']} px and this run asks for {size} px "
+            f"(data.store_size, default from data.image_size); {prepare} --size {size}, or set "
+            f"data.store_size={index['size']}"
+        )
+    for name, p in parts.items():
+        have = index["partitions"].get(name)
+        if have is None:
+            raise StoreError(f"{store} has no partition {name!r}; {prepare}")
+        fp = dataset_fingerprint(p)
+        if have["fingerprint"] != fp:
+            raise StoreError(
+                f"{store} was prepared from another version of partition {name!r} (fingerprint "
+                f"{have['fingerprint']}, the dataset now has {fp}: images added, removed or changed); "
+                f"{prepare}"
+            )
+
+
+__all__ = [
+    "FORMAT",
+    "INDEX_FILE",
+    "PLAN_FILE",
+    "StoreError",
+    "Shard",
+    "default_store_size",
+    "shard_images",
+    "relpaths",
+    "plan_of",
+    "shards_of",
+    "read_json",
+    "read_index",
+    "check_source",
+]

@@ -1,0 +1,123 @@
+"""``moco data prepare`` and ``data.prepare: auto``: a store prepared by Ray tasks, one per shard, on
+the local cluster or the one named by an address (a cluster prepares in parallel). A stopped prepare
+continues where it stopped (finished shards are kept); a full disk keeps the finished shards too."""
+
+from __future__ import annotations
+
+import errno
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from moco_core.config import ExperimentConfig
+from moco_core.data import PARTITIONS, DataError, Fault, Partition, dataset_fingerprint, read_dataset
+from moco_core.store import StoreError, begin, check_source, finish, read_index, store_size, write_shard
+
+from .ray_cluster import ensure_ray
+from .records import storage_path_of
+
+PROGRESS_EVERY_S = 10.0
+
+
+def read_all(root: str | Path, splits_dir: str | Path | None, label_columns: list[str] | None) -> dict:
+    """Every partition whose CSV exists (train at least), files checked: faults named before any work."""
+    csv_dir = Path(splits_dir or root)
+    names = [p for p in PARTITIONS if p == "train" or (csv_dir / f"{p}.csv").is_file()]
+    return read_dataset(root, splits_dir, label_columns, names, check_files=True)
+
+
+def prepare_store(
+    parts: dict[str, Partition],
+    out: str | Path,
+    size: int,
+    channels: int,
+    source: dict[str, Any],
+    say: Callable[[str], None],
+    address: str | None = None,
+) -> dict[str, Any]:
+    """Prepare (or finish preparing) ``out`` from ``parts``; returns its index. Unreadable images are
+    named all together (``DataError``); a full disk is a ``StoreError`` that says how much is kept."""
+    jobs = begin(out, parts, size, channels, source)
+    if not jobs:
+        if (Path(out) / "store.json").is_file():
+            return read_index(out)
+        return finish(out, parts)  # every shard written by an earlier prepare that stopped before the index
+    import ray
+
+    ensure_ray(address)
+    total = sum(j.shard.count for j in jobs)
+    say(f"preparing {out}: {total} images in {len(jobs)} shard(s) at {size} px, {channels} channel(s)")
+    task = ray.remote(num_cpus=1, max_retries=0)(write_shard)
+    pending = {task.remote(j): j for j in jobs}
+    faults: list[Fault] = []
+    failed: list[str] = []
+    done_images, t0, last = 0, time.monotonic(), time.monotonic()
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1, timeout=PROGRESS_EVERY_S)
+        for ref in ready:
+            job = pending.pop(ref)
+            try:
+                faults += ray.get(ref)
+            except Exception as e:  # noqa: BLE001 - a disk fault of one shard; the others go on
+                failed.append(f"{job.shard.stem}: {_cause(e)}")
+            done_images += job.shard.count
+        if time.monotonic() - last >= PROGRESS_EVERY_S or not pending:
+            rate = done_images / max(time.monotonic() - t0, 1e-9)
+            say(f"  {done_images}/{total} images ({rate:.0f} images/s)")
+            last = time.monotonic()
+    if failed:
+        left = len(failed)
+        raise StoreError(
+            f"{left} of {len(jobs)} shard(s) of {out} could not be written ({failed[0]}"
+            f"{'; ...' if left > 1 else ''}); the other shards are complete and kept: fix the cause "
+            "(e.g. free disk space) and run the same prepare again, it continues where it stopped"
+        )
+    if faults:
+        raise DataError(faults, f"{len(faults)} unreadable image(s); the other shards of {out} are kept")
+    index = finish(out, parts)
+    say(f"prepared {out} in {time.monotonic() - t0:.0f} s")
+    return index
+
+
+def _cause(e: Exception) -> str:
+    cause = getattr(e, "cause", None) or e
+    if isinstance(cause, OSError) and cause.errno == errno.ENOSPC:
+        return f"no space left on the device ({cause.filename or ''})"
+    return f"{type(cause).__name__}: {cause}"
+
+
+def default_store(cfg: ExperimentConfig, train: Partition) -> str:
+    """Where ``data.prepare: auto`` puts a store when ``data.store`` is not set: under the run storage,
+    named by the dataset, its train fingerprint, the size and the channels."""
+    name = Path(cfg.data.root).name or "data"
+    folder = f"{name}-{dataset_fingerprint(train)[:8]}-{store_size(cfg.data)}px-{cfg.data.channels}ch"
+    return str(Path(storage_path_of(cfg)) / "stores" / folder)
+
+
+def with_store(
+    cfg: ExperimentConfig, say: Callable[[str], None], address: str | None = None
+) -> ExperimentConfig:
+    """The config a run trains with: ``data.store`` prepared first with ``data.prepare: auto``, and a
+    store from another source or of another size refused, before Ray Train starts."""
+    data = cfg.data
+    if data.prepare == "off" and not data.store:
+        return cfg
+    parts = read_all(data.root, data.splits_dir, data.label_columns)
+    store = data.store or default_store(cfg, parts["train"])
+    size = store_size(data)
+    if data.prepare == "auto":
+        source = {"root": data.root, "splits_dir": data.splits_dir, "label_columns": data.label_columns}
+        index = prepare_store(parts, store, size, data.channels, source, say, address)
+    else:
+        index = read_index(store)
+    check_source(store, index, parts, size)
+    if index["channels"] != data.channels:
+        raise StoreError(
+            f"{store} holds {index['channels']}-channel images and data.channels is {data.channels}; "
+            "prepare a store for this channel count"
+        )
+    return cfg.model_copy(update={"data": data.model_copy(update={"store": str(Path(store).resolve())})})
+
+
+__all__ = ["read_all", "prepare_store", "default_store", "with_store"]
