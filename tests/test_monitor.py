@@ -69,7 +69,7 @@ def _rank(rank: int, world: int, port: int, root: str, out_dir: str) -> None:
         result = {
             "gathered": gathered.flatten().tolist(),
             "value": monitor.measure(backbone),
-            "encoded": len(monitor.loaders["bank"].loader.dataset) + len(monitor.loaders["val"].loader.dataset),
+            "encoded": sum(len(b.loader.dataset) for b in monitor.loaders.values()),
         }
         (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(result))
     finally:
