@@ -4,7 +4,6 @@ continues where it stopped (finished shards are kept); a full disk keeps the fin
 
 from __future__ import annotations
 
-import errno
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any
 from moco_core.config import ExperimentConfig
 from moco_core.data import PARTITIONS, DataError, Fault, Partition, dataset_fingerprint, read_dataset
 from moco_core.store import StoreError, begin, check_source, finish, read_index, store_size, write_shard
+from moco_core.store.format import SHARD_BYTES, describe_fault, incomplete
 
 from .ray_cluster import ensure_ray
 from .records import storage_path_of
@@ -35,10 +35,11 @@ def prepare_store(
     source: dict[str, Any],
     say: Callable[[str], None],
     address: str | None = None,
+    shard_bytes: int = SHARD_BYTES,
 ) -> dict[str, Any]:
     """Prepare (or finish preparing) ``out`` from ``parts``; returns its index. Unreadable images are
     named all together (``DataError``); a full disk is a ``StoreError`` that says how much is kept."""
-    jobs = begin(out, parts, size, channels, source)
+    jobs = begin(out, parts, size, channels, source, shard_bytes)
     if not jobs:
         if (Path(out) / "store.json").is_file():
             return read_index(out)
@@ -60,31 +61,19 @@ def prepare_store(
             try:
                 faults += ray.get(ref)
             except Exception as e:  # noqa: BLE001 - a disk fault of one shard; the others go on
-                failed.append(f"{job.shard.stem}: {_cause(e)}")
+                failed.append(f"{job.shard.stem}: {describe_fault(getattr(e, 'cause', None) or e)}")
             done_images += job.shard.count
         if time.monotonic() - last >= PROGRESS_EVERY_S or not pending:
             rate = done_images / max(time.monotonic() - t0, 1e-9)
             say(f"  {done_images}/{total} images ({rate:.0f} images/s)")
             last = time.monotonic()
     if failed:
-        left = len(failed)
-        raise StoreError(
-            f"{left} of {len(jobs)} shard(s) of {out} could not be written ({failed[0]}"
-            f"{'; ...' if left > 1 else ''}); the other shards are complete and kept: fix the cause "
-            "(e.g. free disk space) and run the same prepare again, it continues where it stopped"
-        )
+        raise incomplete(out, failed, len(jobs))
     if faults:
         raise DataError(faults, f"{len(faults)} unreadable image(s); the other shards of {out} are kept")
     index = finish(out, parts)
     say(f"prepared {out} in {time.monotonic() - t0:.0f} s")
     return index
-
-
-def _cause(e: Exception) -> str:
-    cause = getattr(e, "cause", None) or e
-    if isinstance(cause, OSError) and cause.errno == errno.ENOSPC:
-        return f"no space left on the device ({cause.filename or ''})"
-    return f"{type(cause).__name__}: {cause}"
 
 
 def default_store(cfg: ExperimentConfig, train: Partition) -> str:

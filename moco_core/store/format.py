@@ -16,6 +16,7 @@ complete, after its ``.json``: a shard whose ``.npy`` exists is done, whatever s
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 from dataclasses import dataclass
@@ -43,8 +44,8 @@ def default_store_size(image_size: int) -> int:
     return image_size if image_size <= 64 else math.ceil(image_size * 8 / 7)
 
 
-def shard_images(size: int, channels: int) -> int:
-    return max(1, min(MAX_SHARD_IMAGES, SHARD_BYTES // (channels * size * size)))
+def shard_images(size: int, channels: int, shard_bytes: int = SHARD_BYTES) -> int:
+    return max(1, min(MAX_SHARD_IMAGES, shard_bytes // (channels * size * size)))
 
 
 def relpaths(partition: Partition) -> list[str]:
@@ -64,9 +65,11 @@ class Shard:
         return f"{self.partition}-{self.number:05d}"
 
 
-def plan_of(parts: dict[str, Partition], size: int, channels: int) -> dict[str, Any]:
+def plan_of(
+    parts: dict[str, Partition], size: int, channels: int, shard_bytes: int = SHARD_BYTES
+) -> dict[str, Any]:
     """What preparing ``parts`` at ``size`` x ``size`` x ``channels`` writes: the shards of each partition."""
-    per = shard_images(size, channels)
+    per = shard_images(size, channels, shard_bytes)
     return {
         "format": FORMAT,
         "size": size,
@@ -85,6 +88,23 @@ def shards_of(plan: dict[str, Any]) -> list[Shard]:
         for name, p in plan["partitions"].items()
         for k, start in enumerate(range(0, p["images"], per))
     ]
+
+
+def incomplete(store: str | Path, failed: list[str], total: int) -> StoreError:
+    """The error of a prepare some of whose shards could not be written (``failed``: one line each)."""
+    more = "; ..." if len(failed) > 1 else ""
+    return StoreError(
+        f"{len(failed)} of {total} shard(s) of {store} could not be written ({failed[0]}{more}); the "
+        "other shards are complete and kept: fix the cause (e.g. free disk space) and run the same "
+        "prepare again, it continues where it stopped"
+    )
+
+
+def describe_fault(e: BaseException) -> str:
+    """One line for a shard that could not be written (a full disk said so plainly)."""
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+        return f"no space left on the device{f' ({e.filename})' if e.filename else ''}"
+    return f"{type(e).__name__}: {e}"
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -147,6 +167,8 @@ __all__ = [
     "relpaths",
     "plan_of",
     "shards_of",
+    "incomplete",
+    "describe_fault",
     "read_json",
     "read_index",
     "check_source",

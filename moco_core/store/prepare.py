@@ -7,11 +7,12 @@ it likes: a finished shard is skipped), then :func:`finish`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,11 @@ from ..files import write_atomic
 from .format import (
     INDEX_FILE,
     PLAN_FILE,
+    SHARD_BYTES,
     Shard,
     StoreError,
+    describe_fault,
+    incomplete,
     plan_of,
     read_json,
     relpaths,
@@ -43,64 +47,76 @@ class ShardInput:
     shown: list[str]  # "train/a/b.png", how faults name each image
     size: int
     channels: int
+    fingerprint: str  # of its images' names and file sizes: a shard is redone when they change
 
 
 def begin(
-    store: str | Path, parts: dict[str, Partition], size: int, channels: int, source: dict[str, Any]
+    store: str | Path,
+    parts: dict[str, Partition],
+    size: int,
+    channels: int,
+    source: dict[str, Any],
+    shard_bytes: int = SHARD_BYTES,
 ) -> list[ShardInput]:
-    """The shards still to write (none when the store is finished). A store folder that holds another
-    source's or another size's store is refused: nothing of it is overwritten."""
+    """The shards still to write: none when the store is finished and its source unchanged; those
+    whose images changed (paths or file sizes) when the dataset changed since; those a stopped prepare
+    did not finish. A continued prepare keeps its shard size; what a killed writer left half-written is
+    removed (one prepare at a time per store). A folder holding the store of another dataset root,
+    size or channel count is refused: nothing of it is overwritten."""
     store = Path(store)
-    plan = dict(plan_of(parts, size, channels), source=source)
-    index = read_json(store / INDEX_FILE)
-    if index is not None and not _same(index, plan):
-        raise StoreError(
-            f"{store} already holds a store of another dataset, size or channel count ({_what(index)}; "
-            f"asked: {_what(plan)}): prepare into another folder, or remove {store} first"
-        )
-    if index is not None:
-        return []
+    plan = dict(plan_of(parts, size, channels, shard_bytes), source=source)
+    old = read_json(store / INDEX_FILE) or read_json(store / PLAN_FILE)
+    if old is not None:
+        keys = ("format", "size", "channels")
+        if any(old.get(k) != plan[k] for k in keys) or old["source"]["root"] != source["root"]:
+            raise StoreError(
+                f"{store} already holds a store of another dataset, size or channel count "
+                f"({_what(old)}; asked: {_what(plan)}): prepare into another folder, or remove {store} first"
+            )
+        plan["shard_images"] = old["shard_images"]
+        if (store / INDEX_FILE).is_file() and _fingerprints(old) == _fingerprints(plan):
+            return []
     store.mkdir(parents=True, exist_ok=True)
-    old = read_json(store / PLAN_FILE)
-    if old is not None and not _same(old, plan):
-        raise StoreError(
-            f"{store} holds a prepare of another dataset, size or channel count that was stopped before it "
-            f"finished ({_what(old)}; asked: {_what(plan)}): prepare into another folder, or remove {store}"
-        )
-    if old is None:
-        write_atomic(store / PLAN_FILE, lambda tmp: tmp.write_text(json.dumps(plan, indent=1)))
-    pending = [s for s in shards_of(plan) if not _done(store, s)]
-    return [_input(store, s, parts[s.partition], size, channels) for s in pending]
+    (store / INDEX_FILE).unlink(missing_ok=True)  # not finished until every shard matches the source
+    write_atomic(store / PLAN_FILE, lambda tmp: tmp.write_text(json.dumps(plan, indent=1)))
+    for stale in store.glob(".*.tmp*"):
+        stale.unlink(missing_ok=True)
+    jobs = [_input(store, s, parts[s.partition], size, channels) for s in shards_of(plan)]
+    return [job for job in jobs if not _done(job)]
 
 
-def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    keys = ("format", "size", "channels", "shard_images")
-    fps = {n: p["fingerprint"] for n, p in a["partitions"].items()}
-    return all(a.get(k) == b.get(k) for k in keys) and fps == {
-        n: p["fingerprint"] for n, p in b["partitions"].items()
-    }
+def _fingerprints(plan: dict[str, Any]) -> dict[str, str]:
+    return {n: p["fingerprint"] for n, p in plan["partitions"].items()}
 
 
 def _what(plan: dict[str, Any]) -> str:
     fps = ", ".join(f"{n} {p['fingerprint']}" for n, p in plan["partitions"].items())
-    return f"{plan['size']} px, {plan['channels']} channel(s), {fps}"
+    return f"{plan['source']['root']}, {plan['size']} px, {plan['channels']} channel(s), {fps}"
 
 
-def _done(store: Path, shard: Shard) -> bool:
-    return (store / f"{shard.stem}.npy").is_file() and (store / f"{shard.stem}.json").is_file()
+def _done(job: ShardInput) -> bool:
+    """Written, from these very images (paths and file sizes)."""
+    store, stem = Path(job.store), job.shard.stem
+    meta = read_json(store / f"{stem}.json") if (store / f"{stem}.npy").is_file() else None
+    return meta is not None and meta.get("fingerprint") == job.fingerprint
+
+
+def _fingerprint(paths: list[str], shown: list[str]) -> str:
+    h = hashlib.sha256()
+    for path, name in zip(paths, shown):
+        try:
+            size = os.stat(path).st_size
+        except OSError:
+            size = -1
+        h.update(f"{name}\0{size}\n".encode())
+    return h.hexdigest()[:16]
 
 
 def _input(store: Path, shard: Shard, p: Partition, size: int, channels: int) -> ShardInput:
     idx = range(shard.start, shard.start + shard.count)
-    return ShardInput(
-        str(store),
-        shard,
-        [str(p.paths[i]) for i in idx],
-        [p.rows[i] for i in idx],
-        [p.relpath(i) for i in idx],
-        size,
-        channels,
-    )
+    paths, shown = [str(p.paths[i]) for i in idx], [p.relpath(i) for i in idx]
+    rows = [p.rows[i] for i in idx]
+    return ShardInput(str(store), shard, paths, rows, shown, size, channels, _fingerprint(paths, shown))
 
 
 def write_shard(job: ShardInput) -> list[Fault]:
@@ -108,7 +124,7 @@ def write_shard(job: ShardInput) -> list[Fault]:
     A full disk raises ``OSError`` and leaves no partial file."""
     store, shard = Path(job.store), job.shard
     final, meta = store / f"{shard.stem}.npy", store / f"{shard.stem}.json"
-    if final.is_file() and meta.is_file():
+    if _done(job):
         return []
     faults: list[Fault] = []
     sizes: list[tuple[int, int]] = []
@@ -129,9 +145,9 @@ def write_shard(job: ShardInput) -> list[Fault]:
                 sizes.append(original)
         if faults:
             return faults
-        text = json.dumps({"sizes": sizes, "rows": job.rows})
+        os.replace(tmp, final)  # then its .json: only both together, and matching, say it is done
+        text = json.dumps({"sizes": sizes, "rows": job.rows, "fingerprint": job.fingerprint})
         write_atomic(meta, lambda t: t.write_text(text))
-        os.replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
     return []
@@ -167,17 +183,25 @@ def prepare_here(
     channels: int,
     source: dict[str, Any],
     threads: int = 4,
+    shard_bytes: int = SHARD_BYTES,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Prepare ``store`` in this process with ``threads`` decoding threads; returns the index. Raises
     ``DataError`` naming every unreadable image (the shards without one are kept)."""
-    jobs = begin(store, parts, size, channels, source)
+    jobs = begin(store, parts, size, channels, source, shard_bytes)
     faults: list[Fault] = []
+    failed: list[str] = []
     with ThreadPoolExecutor(max(1, threads)) as ex:
-        for k, f in enumerate(ex.map(write_shard, jobs), 1):
-            faults += f
+        futures = {ex.submit(write_shard, job): job for job in jobs}
+        for k, future in enumerate(as_completed(futures), 1):
+            try:
+                faults += future.result()
+            except OSError as e:  # a full disk: the other shards go on, and are kept
+                failed.append(f"{futures[future].shard.stem}: {describe_fault(e)}")
             if progress is not None:
                 progress(k, len(jobs))
+    if failed:
+        raise incomplete(store, failed, len(jobs))
     if faults:
         raise DataError(faults, f"{len(faults)} unreadable image(s); the other shards of {store} are kept")
     return finish(store, parts)

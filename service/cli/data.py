@@ -54,6 +54,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--label-columns", default=None, metavar="A,B", help="label columns (default: all but Path)"
     )
+    p.add_argument(
+        "--shard-mb", type=float, default=64, help="about this many MB per shard file (default 64)"
+    )
     add_ray_address(p)
     p.set_defaults(func=cmd_prepare)
 
@@ -88,7 +91,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     parts = read_all(root, splits, cols)
     size = args.size or default_store_size(args.image_size)
     source = {"root": root, "splits_dir": splits, "label_columns": cols}
-    index = prepare_store(parts, args.out, size, args.channels, source, say, args.ray_address)
+    shard_bytes = max(1, int(args.shard_mb * (1 << 20)))
+    index = prepare_store(parts, args.out, size, args.channels, source, say, args.ray_address, shard_bytes)
     counts = ", ".join(f"{n} {p['images']}" for n, p in index["partitions"].items())
     print(f"store {args.out}: {counts} images at {size} px; train with --set data.store={args.out}")
     return EXIT_OK

@@ -67,8 +67,8 @@ def pretrain(
     train_p = check_inputs(cfg, printer)
     uri = record.tracking_uri if record is not None else tracking.resolve_tracking_uri(cfg.tracking.uri)
     tracking.check_reachable(uri)  # an unreachable MLflow stops here too
+    cfg = with_store(cfg, printer.message, address)  # checked, or prepared (data.prepare: auto)
     check_resources(cfg.scaling, remote=ensure_ray(address))  # and workers the cluster cannot hold
-    cfg = with_store(cfg, printer.message, address)  # prepared (data.prepare: auto) or checked
     if record is not None:
         record.mark("running")
     else:

@@ -72,8 +72,8 @@ def tune_sweep(
     metric = default_metric(cfg, parts)
     uri = record.tracking_uri if record is not None else tracking.resolve_tracking_uri(cfg.tracking.uri)
     tracking.check_reachable(uri)
+    cfg = with_store(cfg, say, address)  # checked, or prepared (data.prepare: auto)
     check_resources(cfg.scaling, remote=ensure_ray(address))
-    cfg = with_store(cfg, say, address)  # prepared (data.prepare: auto) or checked
     if record is not None:
         record.mark("running")
     else:
