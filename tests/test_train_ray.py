@@ -22,7 +22,7 @@ from moco_core.config import ConfigError
 from moco_core.data import DataError, read_dataset
 from moco_core.model import build_moco
 from moco_core.monitor import scored_as
-from moco_core.pipeline import PretrainSamples
+from moco_core.pipeline import PretrainSamples, ShardSampler
 from moco_core.store import images_of
 from service import registry
 from service.pretrain import PretrainError, pretrain
@@ -254,9 +254,11 @@ def test_unreadable_image_found_by_a_worker_ends_the_run_at_once(ray_cluster, di
 
     root = tmp_path / "data"
     shutil.copytree(digits_root, root)
-    victim = sorted((root / "train").rglob("*.png"))[3]
-    victim.write_bytes(victim.read_bytes()[:40])  # exists (the driver's check passes), cannot be decoded
     cfg = small_config(root, tmp_path, "run.max_failures=2", "optim.epochs=1", "run.max_steps_per_epoch=1")
+    train = read_dataset(root, partitions=("train",))["train"]
+    first, _ = next(iter(ShardSampler(len(train), seed=cfg.run.seed)))  # in the first batch
+    victim = train.paths[first]
+    victim.write_bytes(victim.read_bytes()[:40])  # exists (the driver's check passes), cannot be decoded
     printer, out = _printer()
     t0 = time.monotonic()
     with pytest.raises(PretrainError, match=victim.name) as err:
