@@ -112,15 +112,26 @@ def resized_crops(
     if flips is not None:
         sign = 1.0 - 2.0 * flips.to(device=dev, dtype=torch.float32)
         a00, a10 = a00 * sign, a10 * sign
-    theta = torch.stack(
-        (torch.stack((a00, a01, cx), dim=1), torch.stack((a10, a11, cy), dim=1)), dim=1
-    )  # (B, 2, 3)
-    grid = F.affine_grid(theta, [b, c, out_size, out_size], align_corners=False)
     # Inside the image but within half a pixel of its border, read the edge pixel (torchvision's resize
     # replicates it) rather than a blend with the zero padding; outside the image stays black.
     lim = torch.tensor([1.0 - 1.0 / width, 1.0 - 1.0 / height], device=dev)
-    grid = torch.where(grid.abs() <= 1.0, torch.maximum(torch.minimum(grid, lim), -lim), grid)
+    if angles is None:  # separable: x depends on the output column only, y on the row
+        u = torch.linspace(-1 + 1 / out_size, 1 - 1 / out_size, out_size, device=dev)  # pixel centres
+        gx = _edge(cx[:, None] + a00[:, None] * u, lim[0])  # (B, out)
+        gy = _edge(cy[:, None] + a11[:, None] * u, lim[1])
+        grid = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), dim=-1)
+    else:
+        theta = torch.stack(
+            (torch.stack((a00, a01, cx), dim=1), torch.stack((a10, a11, cy), dim=1)), dim=1
+        )  # (B, 2, 3)
+        grid = F.affine_grid(theta, [b, c, out_size, out_size], align_corners=False)
+        grid = torch.where(grid.abs() <= 1.0, torch.maximum(torch.minimum(grid, lim), -lim), grid)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def _edge(g: Tensor, lim: Tensor) -> Tensor:
+    """Grid coordinates within the image pulled onto its edge pixels' centres (see ``resized_crops``)."""
+    return torch.where(g.abs() <= 1.0, g.clamp(-lim, lim), g)
 
 
 def adjust_brightness(x: Tensor, f: Tensor) -> Tensor:
@@ -130,9 +141,10 @@ def adjust_brightness(x: Tensor, f: Tensor) -> Tensor:
 
 def adjust_contrast(x: Tensor, f: Tensor) -> Tensor:
     """Per-sample ``v2.functional.adjust_contrast``: blend with the mean of the grayscale image, clamp."""
-    gray = _luma(x) if x.shape[-3] == 3 else x
-    mean = gray.mean(dim=(-3, -2, -1), keepdim=True)
-    return _blend(x, mean, f)
+    means = x.mean(dim=(-2, -1))  # (B, C): the luma's mean is the luma of the channel means
+    if x.shape[-3] == 3:
+        means = means @ torch.tensor(_LUMA, dtype=x.dtype, device=x.device)[:, None]
+    return _blend(x, means.view(-1, 1, 1, 1), f)
 
 
 def adjust_saturation(x: Tensor, f: Tensor) -> Tensor:
@@ -143,57 +155,28 @@ def adjust_saturation(x: Tensor, f: Tensor) -> Tensor:
     return _blend(x, _luma(x), f)
 
 
-def _rgb_to_hsv(image: Tensor) -> Tensor:
-    """torchvision's ``_rgb_to_hsv`` (v2/functional/_color.py), unchanged."""
-    r, g, _ = image.unbind(dim=-3)
-    minc, maxc = torch.aminmax(image, dim=-3)
-    eqc = maxc == minc  # grey pixels: S and H are 0; the where()s below avoid 0 / 0
-    channels_range = maxc - minc
-    ones = torch.ones_like(maxc)
-    s = channels_range / torch.where(eqc, ones, maxc)
-    channels_range_divisor = torch.where(eqc, ones, channels_range).unsqueeze_(dim=-3)
-    rc, gc, bc = ((maxc.unsqueeze(dim=-3) - image) / channels_range_divisor).unbind(dim=-3)
-    mask_maxc_neq_r = maxc != r
-    mask_maxc_eq_g = maxc == g
-    hg = rc.add(2.0).sub_(bc).mul_(mask_maxc_eq_g & mask_maxc_neq_r)
-    hr = bc.sub_(gc).mul_(~mask_maxc_neq_r)
-    hb = gc.add_(4.0).sub_(rc).mul_(mask_maxc_neq_r.logical_and_(mask_maxc_eq_g.logical_not_()))
-    h = hr.add_(hg).add_(hb)
-    h = h.mul_(1.0 / 6.0).add_(1.0).fmod_(1.0)
-    return torch.stack((h, s, maxc), dim=-3)
-
-
-def _hsv_to_rgb(img: Tensor) -> Tensor:
-    """torchvision's ``_hsv_to_rgb`` (v2/functional/_color.py), for (B, 3, H, W)."""
-    h, s, v = img.unbind(dim=-3)
-    h6 = h.mul(6)
-    i = torch.floor(h6)
-    f = h6.sub_(i)
-    i = i.to(dtype=torch.int32)
-    sxf = s * f
-    one_minus_s = 1.0 - s
-    q = (1.0 - sxf).mul_(v).clamp_(0.0, 1.0)
-    t = sxf.add_(one_minus_s).mul_(v).clamp_(0.0, 1.0)
-    p = one_minus_s.mul_(v).clamp_(0.0, 1.0)
-    i.remainder_(6)
-    vpqt = torch.stack((v, p, q, t), dim=-3)
-    # which of (v, p, q, t) each of r, g, b takes, by sector i
-    select = torch.tensor(
-        [[0, 2, 1, 1, 3, 0], [3, 0, 0, 2, 1, 1], [1, 1, 3, 0, 0, 2]], dtype=torch.long, device=img.device
-    )
-    select = select[:, i].moveaxis(0, -3)  # (3, B, H, W) -> (B, 3, H, W)
-    return vpqt.gather(-3, select)
-
-
 def adjust_hue(x: Tensor, h: Tensor) -> Tensor:
-    """Per-sample ``v2.functional.adjust_hue`` (h in [-0.5, 0.5]): RGB -> HSV, shift H, HSV -> RGB.
-    Identity (a copy) for one channel, as torchvision."""
+    """Per-sample ``v2.functional.adjust_hue`` (h in [-0.5, 0.5]): RGB -> HSV, shift H, HSV -> RGB, with
+    the closed forms (H from the channel that is largest; each output channel as
+    ``V - C * clamp(min(k, 4 - k), 0, 1)``, k = (n + 6 H) mod 6, n = 5, 3, 1): the same values as
+    torchvision's sector tables in fewer passes. Identity (a copy) for one channel, as torchvision."""
     if x.shape[-3] == 1:
         return x.clone()
-    hsv = _rgb_to_hsv(x)
-    hue, sat, val = hsv.unbind(dim=-3)
-    hue = (hue + _per_sample(h, x).view(-1, 1, 1)).remainder_(1.0)
-    return _hsv_to_rgb(torch.stack((hue, sat, val), dim=-3))
+    r, g, b = x.unbind(dim=-3)  # elementwise over the channels: a reduction over 3 values is slower
+    top = torch.maximum(torch.maximum(r, g), b)
+    chroma = top - torch.minimum(torch.minimum(r, g), b)
+    safe = torch.where(chroma == 0, 1.0, chroma)
+    hue = torch.where(
+        top == r, (g - b) / safe, torch.where(top == g, (b - r) / safe + 2.0, (r - g) / safe + 4.0)
+    )
+    hue = hue.add_(6.0 * _per_sample(h, x).view(-1, 1, 1))  # in (-9, 10): H in sixths, shifted
+    hue = hue - 6.0 * torch.floor(hue * (1.0 / 6.0))  # [0, 6)
+    out = torch.empty_like(x)
+    for channel, n in enumerate((5.0, 3.0, 1.0)):
+        k = hue + n
+        k = torch.where(k >= 6.0, k - 6.0, k)
+        out[:, channel] = top - chroma * torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
+    return out
 
 
 def color_jitter(
@@ -258,18 +241,18 @@ def gaussian_blur(x: Tensor, apply: Tensor, sigma: Tensor, kernel_size: int) -> 
     """
     if kernel_size % 2 != 1 or kernel_size < 1:
         raise ValueError(f"kernel_size must be odd and positive, got {kernel_size}")
-    b, c, height, width = x.shape
-    mask = _mask(apply, x)
-    # samples left alone may carry any sigma (even 0); give them 1 so no NaN is computed
-    sig = torch.where(
-        mask.view(-1), _per_sample(sigma, x).view(-1), torch.ones((), dtype=x.dtype, device=x.device)
-    )
-    kernels = _gaussian_kernels1d(sig, kernel_size).repeat_interleave(c, dim=0)  # (B * C, k)
+    _, c, height, width = x.shape
+    idx = torch.nonzero(_mask(apply, x).view(-1)).view(-1)  # only those samples are convolved
+    out = x.clone()
+    if idx.numel() == 0:
+        return out
+    n = idx.numel() * c
+    kernels = _gaussian_kernels1d(_per_sample(sigma, x).view(-1)[idx], kernel_size).repeat_interleave(c, 0)
     pad = kernel_size // 2
-    y = x.reshape(1, b * c, height, width)
-    y = F.conv2d(F.pad(y, (pad, pad, 0, 0), mode="reflect"), kernels.view(b * c, 1, 1, -1), groups=b * c)
-    y = F.conv2d(F.pad(y, (0, 0, pad, pad), mode="reflect"), kernels.view(b * c, 1, -1, 1), groups=b * c)
-    return torch.where(mask, y.view(b, c, height, width), x)
+    y = x.index_select(0, idx).reshape(1, n, height, width)
+    y = F.conv2d(F.pad(y, (pad, pad, 0, 0), mode="reflect"), kernels.view(n, 1, 1, -1), groups=n)
+    y = F.conv2d(F.pad(y, (0, 0, pad, pad), mode="reflect"), kernels.view(n, 1, -1, 1), groups=n)
+    return out.index_copy_(0, idx, y.view(-1, c, height, width))
 
 
 def normalize(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
