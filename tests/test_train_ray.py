@@ -56,8 +56,13 @@ def _heldout_infonce(cfg, model_state) -> float:
 
 
 def test_two_gloo_workers_learn_track_and_register(ray_cluster, digits_root, tmp_path):
-    cfg = small_config(digits_root, tmp_path, "scaling.workers=2", "optim.epochs=6")
+    # the store is prepared on first use (Ray tasks), then read by both workers
+    cfg = small_config(digits_root, tmp_path, "scaling.workers=2", "optim.epochs=6", "data.prepare=auto")
     result = pretrain(cfg)  # the workers check at the end that every rank's queue is rank 0's
+    (store,) = (tmp_path / "runs" / "stores").iterdir()
+    assert (store / "store.json").is_file() and MlflowClient(result.tracking_uri).get_run(
+        result.mlflow_run_id
+    ).data.params["data.store"] == str(store)
 
     uri, run_id = result.tracking_uri, result.mlflow_run_id
     client = MlflowClient(uri)
