@@ -294,3 +294,14 @@ def test_prepare_pretrain_evaluate_on_16bit_xrays_with_two_gloo_workers(ray_clus
     report = json.loads(out.read_text())
     (row,) = report["results"]
     assert row["protocol"] == "knn" and row["metric"] == "auroc" and 0.5 < row["encoder"]["value"] <= 1.0
+
+
+def test_loader_workers_are_bounded_by_the_cpus_of_the_worker(caplog):
+    from moco_core.pipeline import loader_workers
+
+    with caplog.at_level("WARNING", logger="moco_core.pipeline"):
+        assert loader_workers(8, 2) == 2
+        assert loader_workers(8, 2) == 2  # noted once
+        assert loader_workers(1, 4) == 1
+    (note,) = caplog.records
+    assert "data.num_workers=8" in note.getMessage() and "scaling.cpus_per_worker" in note.getMessage()
