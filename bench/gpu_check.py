@@ -6,12 +6,14 @@ one GPU); paste its output into bench/RESULTS.md.
 
 1. Resume on the device: train 2 epochs straight; train 1, checkpoint, restore into a fresh state on the
    device (the file is read onto the CPU), train 1 more; the two must agree (step, queue, loss).
-2. Seeding: the per-image augmentation leaves the device's RNG alone (the shuffle-BN permutation must
-   not become a function of the last image).
+2. Seeding: drawing each view's parameters leaves the CPU's and the device's RNG alone (the shuffle-BN
+   permutation must not become a function of the last image).
 3. Precision: the logits stay fp32 under autocast; the precision `auto` picks on this device.
 4. The step table of bench/step_overhead.py: ResNet-50 224 px bf16 and fp16, ResNet-18 32 px bf16,
    with torch.compile off and on (ResNet-18) -- MoCo's own share of a step, split BN in both encoders.
 5. NCCL with one rank: bench/gpu_smoke.py (distributed shuffle BN, all-gathered enqueue).
+6. The data path on the device: bench/data_path.py, two mocov2 views at 224 px from 1024 x 1024 PNGs
+   through the store, 8 loader processes (target: >= 2,500 images/s, the ResNet-50 bf16 step rate).
 Each check prints ``PASS`` / ``FAIL`` or its table; the exit code is 1 when a check failed.
 """
 
@@ -23,13 +25,15 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from moco_core.augment import recipe
 from moco_core.checkpoint import restore, save_checkpoint
 from moco_core.config import ExperimentConfig
 from moco_core.engine import build_train_state, train_step
 from moco_core.loss import moco_logits
-from moco_core.pipeline import PretrainViews
+from moco_core.pipeline import PretrainSamples
 from moco_core.precision import autocast, resolve_precision
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,15 +88,16 @@ def check_seeding(device: torch.device) -> bool:
         def __len__(self) -> int:
             return 4
 
-        def __getitem__(self, i: int):
-            return torch.zeros(3, 8, 8, dtype=torch.uint8), i
+        def item(self, i: int):
+            return np.zeros((3, 8, 8), dtype=np.uint8), (8, 8)
 
-    views = PretrainViews(Images(), lambda img: (img, img), seed=0)
-    before = torch.cuda.get_rng_state() if device.type == "cuda" else torch.random.get_rng_state()
-    views[(1, 0)]
-    after = torch.cuda.get_rng_state() if device.type == "cuda" else torch.random.get_rng_state()
-    ok = torch.equal(before, after)
-    print(f"2. per-image seeding leaves the {device.type} RNG unchanged: {'PASS' if ok else 'FAIL'}")
+    samples = PretrainSamples(Images(), recipe("mocov2", 8, 3), seed=0)
+    states = (torch.random.get_rng_state, torch.cuda.get_rng_state if device.type == "cuda" else None)
+    before = [f() for f in states if f is not None]
+    samples[(1, 0)]
+    after = [f() for f in states if f is not None]
+    ok = all(torch.equal(a, b) for a, b in zip(before, after))
+    print(f"2. drawing the views' parameters leaves the RNGs unchanged: {'PASS' if ok else 'FAIL'}")
     return ok
 
 
@@ -159,6 +164,14 @@ def main() -> int:
     if device.type == "cuda":
         print("\n5. NCCL, one rank (bench/gpu_smoke.py)")
         ok.append(run([sys.executable, "bench/gpu_smoke.py", "--out", str(out / "smoke")], timeout_s=240))
+    print("\n6. the data path (bench/data_path.py)")
+    xrays = out / "xrays"
+    n = "64" if args.quick else "256"
+    ok.append(run([sys.executable, "bench/data_path.py", "--make-xrays", n, "--root", str(xrays)], 300))
+    path = [sys.executable, "bench/data_path.py", "--root", str(xrays), "--device", args.device]
+    path += ["--image-size", "64" if args.quick else "224", "--recipe", "mocov2"]
+    path += ["--workers", "2" if args.quick else "8", "--batch-size", "32" if args.quick else "256"]
+    ok.append(run([*path, "--batches", "3" if args.quick else "30"], timeout_s=300))
     print(f"\n{sum(ok)} of {len(ok)} checks passed")
     return 0 if all(ok) else 1
 

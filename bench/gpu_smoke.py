@@ -50,13 +50,13 @@ def single_gpu(root: Path) -> None:
     cfg = _cfg(root)
     dev = torch.device("cuda")
     parts = read_dataset(root, partitions=("train", "val"))
-    loader = pretrain_loader(cfg, parts["train"], pin_memory=True)
+    loader = pretrain_loader(cfg, parts["train"], device=dev)
     state = build_train_state(cfg, steps_per_epoch(len(parts["train"]), cfg), device=dev)
     t0 = time.perf_counter()
     hist = fit(state, loader, cfg, dev)
     torch.cuda.synchronize()
     secs = time.perf_counter() - t0
-    el = {k: eval_loader(cfg.data, p) for k, p in parts.items()}
+    el = {k: eval_loader(cfg.data, p, device=dev) for k, p in parts.items()}
 
     def knn(bb):
         f_tr = extract_features(bb, el["train"], dev)
@@ -87,7 +87,7 @@ def _nccl_worker(rank: int, world: int, port: int, root: str) -> None:
     )
     dev = torch.device("cuda", rank)
     parts = read_dataset(root, partitions=("train",))
-    loader = pretrain_loader(cfg, parts["train"], rank, world, pin_memory=True)
+    loader = pretrain_loader(cfg, parts["train"], rank, world, dev)
     state = build_train_state(cfg, steps_per_epoch(len(parts["train"]), cfg), world, dev)
     if world == 1:  # exercise the distributed shuffle and gather collectives on NCCL with one rank
         state.model.shuffle = "distributed"

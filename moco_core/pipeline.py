@@ -73,6 +73,22 @@ class PretrainSamples(Dataset):
         return torch.tensor(pixels), draw_view(self.recipe, rng, h, w), draw_view(self.recipe, rng, h, w)
 
 
+class LabelledViews(Dataset):
+    """``(uint8 image, one view's parameters, i)`` of row ``i`` in epoch ``epoch``: a supervised head's
+    augmented training batches (the parameters drawn from ``(seed, epoch, i)``, as in pretraining)."""
+
+    def __init__(self, images, views_recipe, seed: int, epoch: int) -> None:
+        self.images, self.recipe, self.seed, self.epoch = images, views_recipe, seed, epoch
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        pixels, (h, w) = self.images.item(i)
+        rng = random.Random(hash((self.seed, self.epoch, i)))
+        return torch.tensor(pixels), draw_view(self.recipe, rng, h, w), i
+
+
 class EvalSamples(Dataset):
     """``(uint8 image, centre box, index)`` of row ``i``, in partition order."""
 
@@ -205,6 +221,7 @@ def queue_size_warning(n_images: int, cfg: ExperimentConfig) -> str | None:
 __all__ = [
     "ShardSampler",
     "PretrainSamples",
+    "LabelledViews",
     "EvalSamples",
     "DeviceBatches",
     "loader_workers",

@@ -139,6 +139,36 @@ def test_label_fractions_are_stratified_and_seeded(digits_root):
 # one encoder pretrained through Ray Train, evaluated through the CLI
 
 
+def test_lincls_is_the_reference_linear_classification(digits_root):
+    """A linear head on the frozen encoder, trained on augmented views with the reference's schedule."""
+    from dataclasses import replace
+
+    from moco_core.backbones import create_backbone
+    from moco_core.config import DataConfig
+    from moco_core.eval import ProtocolSettings, Task, run_protocols
+    from moco_core.eval.finetune import lr_at
+    from moco_core.eval.heads import LINCLS
+    from moco_core.eval.protocols import _augmented_batches
+
+    assert (LINCLS.lr, LINCLS.weight_decay, LINCLS.epochs, LINCLS.batch_size) == (30.0, 0.0, 100, 256)
+    assert [lr_at(e, LINCLS) for e in (0, 59, 60, 79, 80, 99)] == pytest.approx([30, 30, 3, 3, 0.3, 0.3])
+    parts = read_dataset(digits_root)
+    task = Task(parts, DataConfig(root=str(digits_root), image_size=16, channels=1, num_workers=0))
+    idx = np.arange(0, len(parts["train"]), 10)
+    batches = _augmented_batches(task, idx, 32, seed=0)
+    (a, ia), (b, _) = next(iter(batches(0))), next(iter(batches(1)))
+    assert a.shape == (32, 1, 16, 16) and set(ia.tolist()) <= set(idx.tolist())
+    assert not torch.equal(a, b)  # another epoch: other crops, another order
+    torch.manual_seed(0)
+    backbone = create_backbone("resnet18", 1, True)
+    before = {k: v.clone() for k, v in backbone.state_dict().items()}
+    settings = replace(ProtocolSettings(bootstrap=0), lincls=replace(LINCLS, epochs=2, max_steps_per_epoch=2))
+    (result,) = run_protocols(backbone, task, ["lincls"], [0.1], settings)
+    assert result.protocol == "lincls" and result.hparams["frozen"] == 1 and result.hparams["lr"] == 30.0
+    assert 0.0 <= result.value <= 1.0
+    assert all(torch.equal(v, backbone.state_dict()[k]) for k, v in before.items())  # left untouched
+
+
 @pytest.fixture(scope="module")
 def pretrained(ray_cluster, digits_root, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("evaluate")

@@ -10,6 +10,9 @@
 * ``cifar``: the MoCo CIFAR-10 demo's: RandomResizedCrop (0.08-1), ColorJitter(0.4, 0.4, 0.4, 0.1) with
   p 0.8, RandomGrayscale 0.2, horizontal flip; no blur (a blur kernel at 32 px erases what is left).
 
+``lincls`` (not a pretraining recipe): the views of the reference's linear classification,
+RandomResizedCrop (0.08-1) and horizontal flip.
+
 With one channel, the colour operations that need three (saturation, hue, grayscale) are left out;
 brightness and contrast stay.
 """
@@ -19,6 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 RECIPES = ("mocov1", "mocov2", "cxr", "cifar")
+# the views a linear classifier trains on in the reference's protocol (main_lincls.py): crops, flips
+LINCLS = "lincls"
 
 
 @dataclass(frozen=True)
@@ -50,7 +55,7 @@ class Recipe:
 
 def recipe(name: str, image_size: int, channels: int) -> Recipe:
     """Recipe ``name`` (one of ``RECIPES``) for ``channels``-channel images of ``image_size``."""
-    if name not in RECIPES:
+    if name not in (*RECIPES, LINCLS):
         raise ValueError(f"unknown augmentation recipe {name!r}; choose one of {', '.join(RECIPES)}")
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, not {channels}")
@@ -61,6 +66,8 @@ def recipe(name: str, image_size: int, channels: int) -> Recipe:
         r = Recipe(**base, blur_p=0.5)
     elif name == "cifar":
         r = Recipe(**base, scale=(0.08, 1.0))
+    elif name == LINCLS:
+        r = Recipe(**base, scale=(0.08, 1.0), jitter_p=0.0, gray_p=0.0)
     else:  # cxr
         r = Recipe(**base, scale=(0.6, 1.0), ratio=(0.9, 1.1), flip=False, degrees=10.0)
         r = replace(r, saturation=0.0, hue=0.0, gray_p=0.0)
@@ -69,4 +76,4 @@ def recipe(name: str, image_size: int, channels: int) -> Recipe:
     return r
 
 
-__all__ = ["RECIPES", "Recipe", "recipe"]
+__all__ = ["RECIPES", "LINCLS", "Recipe", "recipe"]

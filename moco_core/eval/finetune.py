@@ -30,6 +30,13 @@ def _logits(model: nn.Module, batches: Iterable, device: torch.device) -> torch.
     return torch.cat([model(images.to(device)).float().cpu() for images, _ in batches])
 
 
+def lr_at(epoch: int, cfg: FinetuneConfig) -> float:
+    """The learning rate of ``epoch``: cosine per epoch, or x0.1 at each milestone passed."""
+    if cfg.schedule == "steps":
+        return cfg.lr * 0.1 ** sum(epoch >= int(m * cfg.epochs) for m in cfg.milestones)
+    return 0.5 * cfg.lr * (1 + math.cos(math.pi * epoch / cfg.epochs))
+
+
 def finetune(
     backbone: nn.Module,
     train_batches: Callable[[int], Iterable],
@@ -57,17 +64,25 @@ def finetune(
     device = torch.device(device)
     torch.manual_seed(seed)  # the head's init
     model = _Classifier(copy.deepcopy(backbone), int(backbone.feature_dim), n_out).to(device)
+    trained = model.parameters()
+    if cfg.freeze_backbone:
+        model.backbone.requires_grad_(False)
+        with torch.no_grad():  # the reference's init of the linear classifier
+            model.head.weight.normal_(0.0, 0.01)
+            model.head.bias.zero_()
+        trained = model.head.parameters()
     y_all = as_targets(train_targets)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+    opt = torch.optim.SGD(trained, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
     best_val, best_state, best_epoch = -math.inf, None, 0
     for epoch in range(cfg.epochs):
         model.train()
+        if cfg.freeze_backbone:
+            model.backbone.eval()  # its batch-norm statistics stay the pretrained ones
+        for group in opt.param_groups:
+            group["lr"] = lr_at(epoch, cfg)
         for step, (images, idx) in enumerate(train_batches(epoch)):
             if cfg.max_steps_per_epoch is not None and step >= cfg.max_steps_per_epoch:
                 break
-            lr = 0.5 * cfg.lr * (1 + math.cos(math.pi * epoch / cfg.epochs))  # cosine, per epoch
-            for group in opt.param_groups:
-                group["lr"] = lr
             loss = head_loss(model(images.to(device)), y_all[idx].to(device), label_kind)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -86,5 +101,11 @@ def finetune(
     return HeadResult(
         scores,
         best_val,
-        {"lr": cfg.lr, "weight_decay": cfg.weight_decay, "epochs": cfg.epochs, "best_epoch": best_epoch + 1},
+        {
+            "lr": cfg.lr,
+            "weight_decay": cfg.weight_decay,
+            "epochs": cfg.epochs,
+            "best_epoch": best_epoch + 1,
+            "frozen": int(cfg.freeze_backbone),
+        },
     )

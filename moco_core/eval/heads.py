@@ -8,6 +8,7 @@ probabilities, or per-label probabilities) for the caller to measure.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -26,13 +27,25 @@ class LinearProbeConfig:
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    """SGD with momentum and a cosine schedule; the best epoch on val is kept."""
+    """SGD with momentum and a cosine (or stepped) schedule; the best epoch on val is kept. With
+    ``freeze_backbone`` only a linear head trains, on augmented views: the reference's linear
+    classification (``LINCLS``)."""
 
     epochs: int = 10
     lr: float = 0.01
     weight_decay: float = 1e-4
     batch_size: int = 64
     max_steps_per_epoch: int | None = None  # cap an epoch (quick trials)
+    freeze_backbone: bool = False  # the backbone frozen (BN in eval mode), the head initialised N(0, 0.01)
+    schedule: Literal["cosine", "steps"] = "cosine"  # steps: lr x0.1 at each of `milestones` x epochs
+    milestones: tuple[float, ...] = (0.6, 0.8)
+
+
+# facebookresearch/moco main_lincls.py: SGD lr 30, momentum 0.9, no weight decay, 100 epochs of
+# random-resized crops and flips, batch 256, lr x0.1 at epochs 60 and 80.
+LINCLS = FinetuneConfig(
+    epochs=100, lr=30.0, weight_decay=0.0, batch_size=256, freeze_backbone=True, schedule="steps"
+)
 
 
 @dataclass

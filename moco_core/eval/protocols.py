@@ -14,12 +14,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
+from ..augment import BatchViews, normalization, recipe
+from ..augment.recipes import LINCLS as LINCLS_VIEWS
 from ..config import EvalConfig
-from ..pipeline import DeviceBatches
+from ..pipeline import DeviceBatches, LabelledViews
 from .features import extract_features
 from .finetune import finetune
 from .fractions import label_subset
-from .heads import FinetuneConfig, LinearProbeConfig
+from .heads import LINCLS, FinetuneConfig, LinearProbeConfig
 from .knn import knn_scores, vote_targets
 from .linear_probe import linear_probe
 from .metrics import bootstrap_ci, per_label_auroc, task_score
@@ -34,6 +36,7 @@ class ProtocolSettings:
     knn_t: float = EvalConfig.model_fields["knn_t"].default
     linear: LinearProbeConfig = LinearProbeConfig()
     finetune: FinetuneConfig = FinetuneConfig()
+    lincls: FinetuneConfig = LINCLS  # the reference's linear classification
     bootstrap: int = 1000  # resamples of the test set for the 95% interval (0: none)
     batch_size: int = 256  # feature extraction
 
@@ -110,6 +113,33 @@ def _finetune_batches(
     return batches
 
 
+def _augmented_batches(
+    task: Task, idx: np.ndarray, batch_size: int, seed: int
+) -> Callable[[int], DeviceBatches]:
+    """``epoch -> batches of (view, row index)``: the labelled rows ``idx``, shuffled and seeded per
+    epoch, each image a random-resized crop with a flip (the reference's linear-classification views)."""
+    train = task.loader("train")
+    data = task.data
+    r = recipe(LINCLS_VIEWS, data.image_size, data.channels)
+    views = BatchViews(r, *(task.stats or normalization(data.channels, data.normalization)))
+    bs = min(batch_size, len(idx))
+
+    def batches(epoch: int) -> DeviceBatches:
+        samples = Subset(LabelledViews(train.loader.dataset.images, r, seed, epoch), idx.tolist())
+        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        loader = DataLoader(
+            samples,
+            batch_size=bs,
+            shuffle=True,
+            generator=g,
+            drop_last=len(idx) % bs == 1,
+            num_workers=train.loader.num_workers,
+        )
+        return DeviceBatches(loader, lambda x, p, i: (views(x, p), i), train.device)
+
+    return batches
+
+
 def run_protocols(
     backbone: nn.Module,
     task: Task,
@@ -166,20 +196,22 @@ def run_protocols(
                     _measure(task, protocol, f, idx, head.test_scores, head.hparams, settings, seed)
                 )
             else:
+                ft = settings.lincls if protocol == "lincls" else settings.finetune
+                batches = _augmented_batches if protocol == "lincls" else _finetune_batches
                 head = finetune(
                     backbone,
-                    _finetune_batches(task, idx, settings.finetune.batch_size, seed),
+                    batches(task, idx, ft.batch_size, seed),
                     y_train,
                     task.loader("val"),
                     task.targets("val"),
                     task.loader("test"),
                     task.label_kind,
                     task.n_out,
-                    settings.finetune,
+                    ft,
                     seed,
                     device,
-                    on_epoch=lambda e, v: log(
-                        f"  fine-tune epoch {e + 1}/{settings.finetune.epochs}: val {task.metric} {v:.4f}"
+                    on_epoch=lambda e, v, p=protocol, n=ft.epochs: log(
+                        f"  {p} epoch {e + 1}/{n}: val {task.metric} {v:.4f}"
                     ),
                 )
                 results.append(

@@ -16,7 +16,7 @@ from ..pipeline import DeviceBatches, eval_loader
 from .heads import num_outputs
 from .metrics import metric_name
 
-PROTOCOLS = ("knn", "linear", "finetune")
+PROTOCOLS = ("knn", "linear", "finetune", "lincls")
 # Every protocol scores every labelled kind (kNN votes per class, or per label for binary/multi-label).
 PROTOCOL_LABEL_KINDS = {p: ("multiclass", "binary", "multilabel") for p in PROTOCOLS}
 CHANNEL_SAMPLE = 16  # train images looked at to tell colour data from gray data

@@ -45,7 +45,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         dest="protocols",
         metavar=PROTOCOL_METAVAR,
         help=f"protocols to run (default: {' '.join(DEFAULT_PROTOCOLS)}; finetune trains the "
-        f"whole encoder and takes longest)",
+        f"whole encoder; lincls is the MoCo reference's linear classification: a linear head on the "
+        f"frozen encoder, SGD lr 30, 100 epochs of random-resized crops and flips, lr x0.1 at 60 and 80)",
     )
     p.add_argument(
         "--label-fraction",
@@ -92,6 +93,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         metavar="N",
         help="cap each fine-tune epoch at N steps (quick trials)",
     )
+    p.add_argument("--lincls-epochs", type=int, default=None, metavar="N", help="lincls epochs (default 100)")
+    p.add_argument(
+        "--lincls-max-steps",
+        type=int,
+        default=None,
+        metavar="N",
+        help="cap each lincls epoch at N steps (quick trials)",
+    )
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -108,12 +117,15 @@ def settings_of(args: argparse.Namespace) -> Any:
         "max_steps_per_epoch": args.finetune_max_steps,
     }
     s = replace(s, finetune=replace(s.finetune, **{k: v for k, v in ft.items() if v is not None}))
+    lin = {"epochs": args.lincls_epochs, "max_steps_per_epoch": args.lincls_max_steps}
+    s = replace(s, lincls=replace(s.lincls, **{k: v for k, v in lin.items() if v is not None}))
     problems = [
         f"--knn-k must be at least 1, not {s.knn_k}" if s.knn_k < 1 else "",
         f"--knn-t must be positive, not {s.knn_t}" if not s.knn_t > 0 else "",
         f"--bootstrap must be 0 or more, not {s.bootstrap}" if s.bootstrap < 0 else "",
         f"--finetune-epochs must be at least 1, not {s.finetune.epochs}" if s.finetune.epochs < 1 else "",
         f"--finetune-lr must be positive, not {s.finetune.lr}" if not s.finetune.lr > 0 else "",
+        f"--lincls-epochs must be at least 1, not {s.lincls.epochs}" if s.lincls.epochs < 1 else "",
     ]
     if any(problems):
         raise EvaluationError("; ".join(p for p in problems if p))

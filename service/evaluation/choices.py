@@ -4,7 +4,7 @@ from __future__ import annotations
 
 BASELINES = ("random",)
 DEFAULT_PROTOCOLS = ("knn", "linear")
-PROTOCOL_METAVAR = "{knn,linear,finetune}"  # checked by moco_core.eval.check_labels
+PROTOCOL_METAVAR = "{knn,linear,finetune,lincls}"  # checked by moco_core.eval.check_labels
 JSON_NAME = "evaluation.json"
 
 __all__ = ["BASELINES", "DEFAULT_PROTOCOLS", "PROTOCOL_METAVAR", "JSON_NAME"]
