@@ -12,7 +12,7 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,server]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,server,dicom]'
 	touch $(STAMP)
 
 # PostgreSQL (under the MLflow server of tests/test_jobs.py) and docker-compose (checks docker/compose.yaml);

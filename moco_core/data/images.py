@@ -9,13 +9,19 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .dicom import is_dicom, read_dicom
 from .faults import DataError, Fault
 
 _HIGH_DEPTH = {"I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
 
 
 def _open(path: str | Path) -> Image.Image:
-    """Open and fully decode one image (the first frame); raises ``DataError`` naming the file."""
+    """Open and fully decode one image (the first frame; DICOM too); raises ``DataError`` naming the file."""
+    if is_dicom(path):
+        try:
+            return read_dicom(path)
+        except (ValueError, OSError) as e:
+            raise DataError([Fault("", None, str(path), str(e))], "unreadable image") from None
     try:
         with Image.open(path) as im:
             im.load()

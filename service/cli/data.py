@@ -30,6 +30,25 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-decode", action="store_true", help="check files exist without decoding images")
     p.set_defaults(func=cmd_validate)
     p = data.add_parser(
+        "index",
+        help="write the train/val/test CSVs for a folder tree of images (class folders give a label)",
+        description="Index the images under FOLDER (left as it is) into the seed layout at ROOT: "
+        "ROOT/train, ROOT/val and ROOT/test link to FOLDER, and each CSV lists its share of the images. "
+        "Class folders (images only under first-level folders) give a `label` column; the split is "
+        "seeded and stratified by class.",
+    )
+    p.add_argument("folder", metavar="FOLDER", help="the folder tree of images")
+    p.add_argument("--out", required=True, metavar="ROOT", help="the dataset root to write (outside FOLDER)")
+    p.add_argument("--val", type=float, default=0.1, help="fraction of the images in val (default 0.1)")
+    p.add_argument("--test", type=float, default=0.1, help="fraction of the images in test (default 0.1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
+    p.add_argument(
+        "--no-labels",
+        action="store_true",
+        help="no label column, even when the first-level folders look like classes",
+    )
+    p.set_defaults(func=cmd_index)
+    p = data.add_parser(
         "prepare",
         help="decode every image once into a store that training and evaluation read with bounded memory",
         description="Decode every image of every partition once (on the Ray cluster, one task per shard), "
@@ -76,6 +95,19 @@ def cmd_validate(args: argparse.Namespace) -> int:
     report = validate_dataset(args.root, args.splits_dir, cols, decode=not args.no_decode)
     print(report.format())
     return EXIT_OK if report.ok else EXIT_FAIL
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from moco_core.data.index import index_folder
+
+    index = index_folder(args.folder, args.out, args.val, args.test, args.seed, not args.no_labels)
+    counts = ", ".join(f"{n} {c}" for n, c in index.counts.items())
+    labels = f"label: {len(index.classes)} classes from the folder names" if index.classes else "no labels"
+    print(f"indexed {args.folder} at {args.out}: {counts} images; {labels}")
+    if index.empty_classes:
+        print(f"warning: class folder(s) without an image, left out: {', '.join(index.empty_classes)}")
+    print(f"next: moco data validate {args.out}, then moco pretrain FILE --set data.root={args.out}")
+    return EXIT_OK
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
