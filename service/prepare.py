@@ -16,6 +16,7 @@ from moco_core.store.format import SHARD_BYTES, describe_fault, incomplete
 
 from .ray_cluster import ensure_ray
 from .records import storage_path_of
+from .storage import is_uri
 
 PROGRESS_EVERY_S = 10.0
 
@@ -79,9 +80,15 @@ def prepare_store(
 def default_store(cfg: ExperimentConfig, train: Partition) -> str:
     """Where ``data.prepare: auto`` puts a store when ``data.store`` is not set: under the run storage,
     named by the dataset, its train fingerprint, the size and the channels."""
+    storage = storage_path_of(cfg)
+    if is_uri(storage):
+        raise StoreError(
+            f"data.prepare: auto keeps the store under run.storage_path, and {storage} is not a folder: "
+            "set data.store to a folder every node reads (a store on object storage is not supported yet)"
+        )
     name = Path(cfg.data.root).name or "data"
     folder = f"{name}-{dataset_fingerprint(train)[:8]}-{store_size(cfg.data)}px-{cfg.data.channels}ch"
-    return str(Path(storage_path_of(cfg)) / "stores" / folder)
+    return str(Path(storage) / "stores" / folder)
 
 
 def with_store(
