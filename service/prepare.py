@@ -12,7 +12,7 @@ from typing import Any
 from moco_core.config import ExperimentConfig
 from moco_core.data import PARTITIONS, DataError, Fault, Partition, dataset_fingerprint, read_dataset
 from moco_core.store import StoreError, begin, check_source, finish, read_index, store_size, write_shard
-from moco_core.store.format import SHARD_BYTES, describe_fault, incomplete
+from moco_core.store.format import PLAN_FILE, SHARD_BYTES, describe_fault, incomplete, read_json, shards_of
 
 from .ray_cluster import ensure_ray
 from .records import storage_path_of
@@ -49,6 +49,9 @@ def prepare_store(
 
     ensure_ray(address)
     total = sum(j.shard.count for j in jobs)
+    shards = len(shards_of(read_json(Path(out) / PLAN_FILE) or {"partitions": {}, "shard_images": 1}))
+    if len(jobs) < shards:
+        say(f"continuing {out}: {shards - len(jobs)} of {shards} shards were already written")
     say(f"preparing {out}: {total} images in {len(jobs)} shard(s) at {size} px, {channels} channel(s)")
     task = ray.remote(num_cpus=1, max_retries=0)(write_shard)
     pending = {task.remote(j): j for j in jobs}

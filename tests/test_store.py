@@ -205,6 +205,7 @@ def test_a_store_of_another_source_or_size_is_refused_before_ray_starts(tmp_path
     assert main(["data", "prepare", str(root), "--out", str(tmp_path / "s"), "--image-size", "16"]) == EXIT_OK
     changed = {p.name for p in (tmp_path / "s").glob("*.npy") if p.stat().st_mtime_ns != before.get(p.name)}
     assert changed == {"test-00000.npy"}
+    assert "2 of 3 shards were already written" in capsys.readouterr().err
     check_source(tmp_path / "s", read_index(tmp_path / "s"), read_dataset(root), 16)
     # a folder holding the store of another dataset is never overwritten
     with pytest.raises(StoreError, match="already holds a store of another dataset"):
