@@ -180,7 +180,9 @@ def test_a_full_disk_keeps_the_finished_shards_and_the_next_prepare_finishes(tmp
         subprocess.run(["umount", str(disk)], check=False)
 
 
-def test_a_store_of_another_source_or_size_is_refused_before_ray_starts(tmp_path, digits_root, capsys):
+def test_a_store_of_another_source_or_size_is_refused_before_ray_starts(
+    ray_cluster, tmp_path, digits_root, capsys
+):
     import shutil
 
     root = tmp_path / "d"
