@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from moco_core.config import ExperimentConfig
-from moco_core.data import PARTITIONS, DataError, Fault, Partition, dataset_fingerprint, read_dataset
-from moco_core.store import StoreError, begin, check_source, finish, read_index, store_size, write_shard
-from moco_core.store.format import PLAN_FILE, SHARD_BYTES, describe_fault, incomplete, read_json, shards_of
+from moco_core.data import PARTITIONS, Fault, Partition, dataset_fingerprint, read_dataset
+from moco_core.store import StoreError, begin, check_source, read_index, store_size, write_shard
+from moco_core.store.format import SHARD_BYTES, describe_fault
+from moco_core.store.prepare import conclude
 
 from .ray_cluster import ensure_ray
 from .records import storage_path_of
@@ -40,18 +41,16 @@ def prepare_store(
 ) -> dict[str, Any]:
     """Prepare (or finish preparing) ``out`` from ``parts``; returns its index. Unreadable images are
     named all together (``DataError``); a full disk is a ``StoreError`` that says how much is kept."""
-    jobs = begin(out, parts, size, channels, source, shard_bytes)
-    if not jobs:
-        if (Path(out) / "store.json").is_file():
-            return read_index(out)
-        return finish(out, parts)  # every shard written by an earlier prepare that stopped before the index
+    work = begin(out, parts, size, channels, source, shard_bytes)
+    if not work.jobs:
+        return conclude(out, parts, work, [], [])
     import ray
 
     ensure_ray(address)
+    jobs = work.jobs
     total = sum(j.shard.count for j in jobs)
-    shards = len(shards_of(read_json(Path(out) / PLAN_FILE) or {"partitions": {}, "shard_images": 1}))
-    if len(jobs) < shards:
-        say(f"continuing {out}: {shards - len(jobs)} of {shards} shards were already written")
+    if len(jobs) < work.shards:
+        say(f"continuing {out}: {work.shards - len(jobs)} of {work.shards} shards were already written")
     say(f"preparing {out}: {total} images in {len(jobs)} shard(s) at {size} px, {channels} channel(s)")
     task = ray.remote(num_cpus=1, max_retries=0)(write_shard)
     pending = {task.remote(j): j for j in jobs}
@@ -71,11 +70,7 @@ def prepare_store(
             rate = done_images / max(time.monotonic() - t0, 1e-9)
             say(f"  {done_images}/{total} images ({rate:.0f} images/s)")
             last = time.monotonic()
-    if failed:
-        raise incomplete(out, failed, len(jobs))
-    if faults:
-        raise DataError(faults, f"{len(faults)} unreadable image(s); the other shards of {out} are kept")
-    index = finish(out, parts)
+    index = conclude(out, parts, work, faults, failed)
     say(f"prepared {out} in {time.monotonic() - t0:.0f} s")
     return index
 
@@ -97,25 +92,20 @@ def default_store(cfg: ExperimentConfig, train: Partition) -> str:
 def with_store(
     cfg: ExperimentConfig, say: Callable[[str], None], address: str | None = None
 ) -> ExperimentConfig:
-    """The config a run trains with: ``data.store`` prepared first with ``data.prepare: auto``, and a
-    store from another source or of another size refused, before Ray Train starts."""
+    """The config a run trains with: ``data.store`` prepared first with ``data.prepare: auto`` (from
+    every partition, so that evaluation reads it too), or checked against every partition: a store
+    from another source, size or channel count refused, before Ray Train starts."""
     data = cfg.data
     if data.prepare == "off" and not data.store:
         return cfg
     parts = read_all(data.root, data.splits_dir, data.label_columns)
     store = data.store or default_store(cfg, parts["train"])
     size = store_size(data)
-    if data.prepare == "auto":
+    if data.prepare == "auto":  # made from these very partitions: nothing to check afterwards
         source = {"root": data.root, "splits_dir": data.splits_dir, "label_columns": data.label_columns}
-        index = prepare_store(parts, store, size, data.channels, source, say, address)
+        prepare_store(parts, store, size, data.channels, source, say, address)
     else:
-        index = read_index(store)
-    check_source(store, index, parts, size)
-    if index["channels"] != data.channels:
-        raise StoreError(
-            f"{store} holds {index['channels']}-channel images and data.channels is {data.channels}; "
-            "prepare a store for this channel count"
-        )
+        check_source(store, read_index(store), parts, size, data.channels)
     return cfg.model_copy(update={"data": data.model_copy(update={"store": str(Path(store).resolve())})})
 
 

@@ -12,6 +12,11 @@ import time
 from typing import Any, TextIO
 
 
+def say(text: str) -> None:
+    """One line for the person at the terminal, on stderr (stdout stays for results)."""
+    print(text, file=sys.stderr, flush=True)
+
+
 def format_eta(seconds: float) -> str:
     seconds = max(0, int(seconds))
     h, rem = divmod(seconds, 3600)

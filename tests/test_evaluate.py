@@ -148,14 +148,14 @@ def test_lincls_is_the_reference_linear_classification(digits_root):
     from moco_core.eval import ProtocolSettings, Task, run_protocols
     from moco_core.eval.finetune import lr_at
     from moco_core.eval.heads import LINCLS
-    from moco_core.eval.protocols import _augmented_batches
+    from moco_core.eval.protocols import _train_batches
 
     assert (LINCLS.lr, LINCLS.weight_decay, LINCLS.epochs, LINCLS.batch_size) == (30.0, 0.0, 100, 256)
     assert [lr_at(e, LINCLS) for e in (0, 59, 60, 79, 80, 99)] == pytest.approx([30, 30, 3, 3, 0.3, 0.3])
     parts = read_dataset(digits_root)
     task = Task(parts, DataConfig(root=str(digits_root), image_size=16, channels=1, num_workers=0))
     idx = np.arange(0, len(parts["train"]), 10)
-    batches = _augmented_batches(task, idx, 32, seed=0)
+    batches = _train_batches(task, idx, 32, seed=0, augment=True)
     (a, ia), (b, _) = next(iter(batches(0))), next(iter(batches(1)))
     assert a.shape == (32, 1, 16, 16) and set(ia.tolist()) <= set(idx.tolist())
     assert not torch.equal(a, b)  # another epoch: other crops, another order
@@ -315,10 +315,14 @@ def test_encoders_list_shows_versions_aliases_and_scores(store, capsys):
 
 @pytest.mark.slow
 def test_binary_task_knn_and_finetune_from_a_run_id(store, tmp_path, capsys):
-    """A binary task derived from the digits (is it a 0?), the encoder named by its run id; fine-tuning
-    for one short epoch; ROC curves among the plots."""
+    """A binary task derived from the digits (is it a 0?), the encoder named by its run id, the images
+    read from a prepared store; fine-tuning for one short epoch; ROC curves among the plots."""
+    from moco_core.store import prepare_here
+
     splits = _relabel(store.root, tmp_path / "splits", ["zero"], lambda _p, d: [int(d == 0)])
     out = tmp_path / "binary.json"
+    # the images from a prepared store (the labels still come from the CSVs of --splits-dir)
+    prepare_here(tmp_path / "store", read_dataset(store.root), 16, 1, {"root": str(store.root)})
     code = main(
         [
             "evaluate",
@@ -327,6 +331,8 @@ def test_binary_task_knn_and_finetune_from_a_run_id(store, tmp_path, capsys):
             str(store.root),
             "--splits-dir",
             str(splits),
+            "--store",
+            str(tmp_path / "store"),
             "--protocol",
             "knn",
             "finetune",

@@ -125,7 +125,7 @@ def resized_crops(
             (torch.stack((a00, a01, cx), dim=1), torch.stack((a10, a11, cy), dim=1)), dim=1
         )  # (B, 2, 3)
         grid = F.affine_grid(theta, [b, c, out_size, out_size], align_corners=False)
-        grid = torch.where(grid.abs() <= 1.0, torch.maximum(torch.minimum(grid, lim), -lim), grid)
+        grid = _edge(grid, lim)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 

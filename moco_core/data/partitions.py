@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import os
 import posixpath
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -225,16 +226,29 @@ def _header(root: str | Path, splits_dir: str | Path | None, n: int) -> str:
     return f"{where}: {n} problem{'s' if n != 1 else ''}"
 
 
-def dataset_fingerprint(partition: Partition) -> str:
-    """sha256 over the sorted relative paths and file sizes (cheap; no image is read), hex[:16]."""
+def files_fingerprint(names: Sequence[str], paths: Sequence[Path | str]) -> str:
+    """sha256 over each file's name and size, in the order given (no image is read), hex[:16]."""
     h = hashlib.sha256()
-    for rel, path in sorted((p.relative_to(partition.folder).as_posix(), p) for p in partition.paths):
+    for name, path in zip(names, paths):
         try:
-            size = path.stat().st_size
+            size = os.stat(path).st_size
         except OSError:
             size = -1
-        h.update(f"{rel}\0{size}\n".encode())
+        h.update(f"{name}\0{size}\n".encode())
     return h.hexdigest()[:16]
 
 
-__all__ = ["PARTITIONS", "Partition", "read_dataset", "read_partition", "dataset_fingerprint"]
+def dataset_fingerprint(partition: Partition) -> str:
+    """``files_fingerprint`` of a partition's images, by their sorted relative paths."""
+    pairs = sorted((p.relative_to(partition.folder).as_posix(), p) for p in partition.paths)
+    return files_fingerprint([n for n, _ in pairs], [p for _, p in pairs])
+
+
+__all__ = [
+    "PARTITIONS",
+    "Partition",
+    "read_dataset",
+    "read_partition",
+    "files_fingerprint",
+    "dataset_fingerprint",
+]

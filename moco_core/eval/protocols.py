@@ -90,34 +90,12 @@ def _measure(
     )
 
 
-def _finetune_batches(
-    task: Task, idx: np.ndarray, batch_size: int, seed: int
+def _train_batches(
+    task: Task, idx: np.ndarray, batch_size: int, seed: int, augment: bool = False
 ) -> Callable[[int], DeviceBatches]:
-    train = task.loader("train")
-    images = Subset(train.loader.dataset, idx.tolist())
-    bs = min(batch_size, len(idx))
-
-    def batches(epoch: int) -> DeviceBatches:  # yields (images, row index in the train partition)
-        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-        # a last batch of one image would break batch norm in train mode: drop it
-        loader = DataLoader(
-            images,
-            batch_size=bs,
-            shuffle=True,
-            generator=g,
-            drop_last=len(idx) % bs == 1,
-            num_workers=train.loader.num_workers,
-        )
-        return DeviceBatches(loader, train.finish, train.device)
-
-    return batches
-
-
-def _augmented_batches(
-    task: Task, idx: np.ndarray, batch_size: int, seed: int
-) -> Callable[[int], DeviceBatches]:
-    """``epoch -> batches of (view, row index)``: the labelled rows ``idx``, shuffled and seeded per
-    epoch, each image a random-resized crop with a flip (the reference's linear-classification views)."""
+    """``epoch -> batches of (image, row index in the train partition)``: the labelled rows ``idx``,
+    shuffled and seeded per epoch; with ``augment``, each image a random-resized crop with a flip (the
+    reference's linear-classification views), else the evaluation view."""
     train = task.loader("train")
     data = task.data
     r = recipe(LINCLS_VIEWS, data.image_size, data.channels)
@@ -125,17 +103,21 @@ def _augmented_batches(
     bs = min(batch_size, len(idx))
 
     def batches(epoch: int) -> DeviceBatches:
-        samples = Subset(LabelledViews(train.loader.dataset.images, r, seed, epoch), idx.tolist())
+        images = train.loader.dataset
+        if augment:
+            images = LabelledViews(images.images, r, seed, epoch)
         g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        # a last batch of one image would break batch norm in train mode: drop it
         loader = DataLoader(
-            samples,
+            Subset(images, idx.tolist()),
             batch_size=bs,
             shuffle=True,
             generator=g,
             drop_last=len(idx) % bs == 1,
             num_workers=train.loader.num_workers,
         )
-        return DeviceBatches(loader, lambda x, p, i: (views(x, p), i), train.device)
+        finish = (lambda x, p, i: (views(x, p), i)) if augment else train.finish
+        return DeviceBatches(loader, finish, train.device)
 
     return batches
 
@@ -197,10 +179,9 @@ def run_protocols(
                 )
             else:
                 ft = settings.lincls if protocol == "lincls" else settings.finetune
-                batches = _augmented_batches if protocol == "lincls" else _finetune_batches
                 head = finetune(
                     backbone,
-                    batches(task, idx, ft.batch_size, seed),
+                    _train_batches(task, idx, ft.batch_size, seed, augment=protocol == "lincls"),
                     y_train,
                     task.loader("val"),
                     task.targets("val"),

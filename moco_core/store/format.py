@@ -132,15 +132,21 @@ def read_index(store: str | Path) -> dict[str, Any]:
 
 
 def check_source(
-    store: str | Path, index: dict[str, Any], parts: dict[str, Partition], size: int | None = None
+    store: str | Path,
+    index: dict[str, Any],
+    parts: dict[str, Partition],
+    size: int | None = None,
+    channels: int | None = None,
 ) -> None:
     """Refuse a store that was not prepared from these partitions (their fingerprints: paths and file
-    sizes) or, when ``size`` is given, at another size."""
-    prepare = f"prepare it again: `moco data prepare {index['source']['root']} --out {store}`"
+    sizes) or, when ``size`` / ``channels`` are given, at another size or channel count."""
+    root = index["source"]["root"]
+    prepare = f"prepare it again: `moco data prepare {root} --out {store}`"
     if size is not None and index["size"] != size:
         raise StoreError(
             f"{store} holds images of {index['size']} px and this run asks for {size} px "
-            f"(data.store_size, default from data.image_size); {prepare} --size {size}, or set "
+            f"(data.store_size, default from data.image_size); prepare a store of that size in another "
+            f"folder (`moco data prepare {root} --out NEW_STORE --size {size}`), or set "
             f"data.store_size={index['size']}"
         )
     for name, p in parts.items():
@@ -154,6 +160,11 @@ def check_source(
                 f"{have['fingerprint']}, the dataset now has {fp}: images added, removed or changed); "
                 f"{prepare}"
             )
+    if channels is not None and index["channels"] != channels:
+        raise StoreError(
+            f"{store} holds {index['channels']}-channel images and data.channels is {channels}; prepare "
+            f"one in another folder (`moco data prepare {root} --out NEW_STORE --channels {channels}`)"
+        )
 
 
 __all__ = [

@@ -7,7 +7,6 @@ it likes: a finished shard is skipped), then :func:`finish`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..data import DataError, Fault, Partition, squashed
+from ..data.partitions import files_fingerprint
 from ..files import write_atomic
 from .format import (
     INDEX_FILE,
@@ -50,6 +50,14 @@ class ShardInput:
     fingerprint: str  # of its images' names and file sizes: a shard is redone when they change
 
 
+@dataclass(frozen=True)
+class Work:
+    """What a prepare has to do: the shards to write, out of all the store's shards."""
+
+    jobs: list[ShardInput]
+    shards: int
+
+
 def begin(
     store: str | Path,
     parts: dict[str, Partition],
@@ -57,7 +65,7 @@ def begin(
     channels: int,
     source: dict[str, Any],
     shard_bytes: int = SHARD_BYTES,
-) -> list[ShardInput]:
+) -> Work:
     """The shards still to write: none when the store is finished and its source unchanged; those
     whose images changed (paths or file sizes) when the dataset changed since; those a stopped prepare
     did not finish. A continued prepare keeps its shard size; what a killed writer left half-written is
@@ -75,14 +83,14 @@ def begin(
             )
         plan["shard_images"] = old["shard_images"]
         if (store / INDEX_FILE).is_file() and _fingerprints(old) == _fingerprints(plan):
-            return []
+            return Work([], len(shards_of(old)))
     store.mkdir(parents=True, exist_ok=True)
     (store / INDEX_FILE).unlink(missing_ok=True)  # not finished until every shard matches the source
     write_atomic(store / PLAN_FILE, lambda tmp: tmp.write_text(json.dumps(plan, indent=1)))
     for stale in store.glob(".*.tmp*"):
         stale.unlink(missing_ok=True)
     jobs = [_input(store, s, parts[s.partition], size, channels) for s in shards_of(plan)]
-    return [job for job in jobs if not _done(job)]
+    return Work([job for job in jobs if not _done(job)], len(jobs))
 
 
 def _fingerprints(plan: dict[str, Any]) -> dict[str, str]:
@@ -101,22 +109,11 @@ def _done(job: ShardInput) -> bool:
     return meta is not None and meta.get("fingerprint") == job.fingerprint
 
 
-def _fingerprint(paths: list[str], shown: list[str]) -> str:
-    h = hashlib.sha256()
-    for path, name in zip(paths, shown):
-        try:
-            size = os.stat(path).st_size
-        except OSError:
-            size = -1
-        h.update(f"{name}\0{size}\n".encode())
-    return h.hexdigest()[:16]
-
-
 def _input(store: Path, shard: Shard, p: Partition, size: int, channels: int) -> ShardInput:
     idx = range(shard.start, shard.start + shard.count)
     paths, shown = [str(p.paths[i]) for i in idx], [p.relpath(i) for i in idx]
     rows = [p.rows[i] for i in idx]
-    return ShardInput(str(store), shard, paths, rows, shown, size, channels, _fingerprint(paths, shown))
+    return ShardInput(str(store), shard, paths, rows, shown, size, channels, files_fingerprint(shown, paths))
 
 
 def write_shard(job: ShardInput) -> list[Fault]:
@@ -188,23 +185,34 @@ def prepare_here(
 ) -> dict[str, Any]:
     """Prepare ``store`` in this process with ``threads`` decoding threads; returns the index. Raises
     ``DataError`` naming every unreadable image (the shards without one are kept)."""
-    jobs = begin(store, parts, size, channels, source, shard_bytes)
+    work = begin(store, parts, size, channels, source, shard_bytes)
     faults: list[Fault] = []
     failed: list[str] = []
     with ThreadPoolExecutor(max(1, threads)) as ex:
-        futures = {ex.submit(write_shard, job): job for job in jobs}
+        futures = {ex.submit(write_shard, job): job for job in work.jobs}
         for k, future in enumerate(as_completed(futures), 1):
             try:
                 faults += future.result()
             except OSError as e:  # a full disk: the other shards go on, and are kept
                 failed.append(f"{futures[future].shard.stem}: {describe_fault(e)}")
             if progress is not None:
-                progress(k, len(jobs))
+                progress(k, len(work.jobs))
+    return conclude(store, parts, work, faults, failed)
+
+
+def conclude(
+    store: str | Path, parts: dict[str, Partition], work: Work, faults: list[Fault], failed: list[str]
+) -> dict[str, Any]:
+    """The end of a prepare, whoever wrote the shards: the shards that could not be written
+    (``failed``: one line each) or the unreadable images (``faults``) raised, all of them; else the
+    index, written unless the store was finished already."""
     if failed:
-        raise incomplete(store, failed, len(jobs))
+        raise incomplete(store, failed, len(work.jobs))
     if faults:
         raise DataError(faults, f"{len(faults)} unreadable image(s); the other shards of {store} are kept")
+    if not work.jobs and (Path(store) / INDEX_FILE).is_file():
+        return read_json(Path(store) / INDEX_FILE)  # type: ignore[return-value]
     return finish(store, parts)
 
 
-__all__ = ["ShardInput", "begin", "write_shard", "finish", "prepare_here"]
+__all__ = ["ShardInput", "Work", "begin", "write_shard", "finish", "conclude", "prepare_here"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .codes import EXIT_FAIL, EXIT_OK
-from .options import add_ray_address
+from .options import add_ray_address, add_splits, label_columns_of
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -23,10 +23,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "validate", help="check a dataset: every CSV row, file and image; exit 1 on any fault"
     )
     p.add_argument("root", metavar="ROOT", help="dataset root (holds train/, val/, test/)")
-    p.add_argument("--splits-dir", default=None, metavar="DIR", help="folder of train.csv/val.csv/test.csv")
-    p.add_argument(
-        "--label-columns", default=None, metavar="A,B", help="label columns (default: all but Path)"
-    )
+    add_splits(p)
     p.add_argument("--no-decode", action="store_true", help="check files exist without decoding images")
     p.set_defaults(func=cmd_validate)
     p = data.add_parser(
@@ -57,7 +54,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "--set data.store=STORE (or data.prepare: auto in the experiment file).",
     )
     p.add_argument("root", metavar="ROOT", help="dataset root (holds train/, val/, test/)")
-    p.add_argument("--splits-dir", default=None, metavar="DIR", help="folder of train.csv/val.csv/test.csv")
+    add_splits(p)
     p.add_argument("--out", required=True, metavar="STORE", help="the store folder (created)")
     p.add_argument(
         "--image-size", type=int, default=224, help="the data.image_size the store is for (default 224)"
@@ -70,9 +67,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="stored side in pixels (default: the image size up to 64 px, else 8/7 of it: 256 for 224)",
     )
     p.add_argument("--channels", type=int, choices=(1, 3), default=3, help="data.channels (default 3)")
-    p.add_argument(
-        "--label-columns", default=None, metavar="A,B", help="label columns (default: all but Path)"
-    )
     p.add_argument(
         "--shard-mb", type=float, default=64, help="about this many MB per shard file (default 64)"
     )
@@ -91,7 +85,7 @@ def cmd_digits(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     from moco_core.data import validate_dataset
 
-    cols = args.label_columns.split(",") if args.label_columns else None
+    cols = label_columns_of(args)
     report = validate_dataset(args.root, args.splits_dir, cols, decode=not args.no_decode)
     print(report.format())
     return EXIT_OK if report.ok else EXIT_FAIL
@@ -116,8 +110,9 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from moco_core.store import default_store_size
 
     from ..prepare import prepare_store, read_all
+    from ..progress import say
 
-    cols = args.label_columns.split(",") if args.label_columns else None
+    cols = label_columns_of(args)
     root = str(Path(args.root).expanduser().resolve())
     splits = str(Path(args.splits_dir).expanduser().resolve()) if args.splits_dir else None
     parts = read_all(root, splits, cols)
@@ -128,9 +123,3 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     counts = ", ".join(f"{n} {p['images']}" for n, p in index["partitions"].items())
     print(f"store {args.out}: {counts} images at {size} px; train with --set data.store={args.out}")
     return EXIT_OK
-
-
-def say(text: str) -> None:
-    import sys
-
-    print(text, file=sys.stderr, flush=True)

@@ -9,6 +9,7 @@ from typing import Any
 
 from ..evaluation.choices import BASELINES, DEFAULT_PROTOCOLS, JSON_NAME, PROTOCOL_METAVAR
 from .codes import EXIT_OK
+from .options import add_splits, label_columns_of
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -27,15 +28,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID, a run id, or an encoder folder",
     )
     p.add_argument("--data", required=True, metavar="ROOT", help="dataset root (holds train/, val/, test/)")
-    p.add_argument("--splits-dir", default=None, metavar="DIR", help="folder of train.csv/val.csv/test.csv")
+    add_splits(p)
     p.add_argument(
         "--store",
         default=None,
         metavar="STORE",
         help="read the images from this prepared store (moco data prepare) instead of decoding the files",
-    )
-    p.add_argument(
-        "--label-columns", default=None, metavar="A,B", help="label columns (default: all but Path)"
     )
     p.add_argument(
         "--protocol",
@@ -136,11 +134,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..evaluation.report import format_table
     from ..evaluation.run import evaluate
 
-    labels = (
-        None
-        if args.label_columns is None
-        else [c.strip() for c in args.label_columns.split(",") if c.strip()]
-    )
+    labels = label_columns_of(args)
     report = evaluate(
         args.encoder,
         args.data,

@@ -40,6 +40,20 @@ def add_resume(p: argparse.ArgumentParser, metavar: str, help: str) -> None:
     p.add_argument("--resume", nargs="?", const="", default=None, metavar=metavar, help=help)
 
 
+def add_splits(p: argparse.ArgumentParser) -> None:
+    """``--splits-dir`` and ``--label-columns``: where a dataset's CSVs are and which columns label it."""
+    p.add_argument("--splits-dir", default=None, metavar="DIR", help="folder of train.csv/val.csv/test.csv")
+    p.add_argument(
+        "--label-columns", default=None, metavar="A,B", help="label columns (default: all but Path)"
+    )
+
+
+def label_columns_of(args: argparse.Namespace) -> list[str] | None:
+    if args.label_columns is None:
+        return None
+    return [c.strip() for c in args.label_columns.split(",") if c.strip()]
+
+
 def add_ray_address(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--ray-address",

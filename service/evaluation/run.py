@@ -11,7 +11,6 @@ JSON and the plots (:mod:`.plots`).
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,13 +34,10 @@ from moco_core.eval import (
 from moco_core.store import check_source, read_index
 
 from .. import registry, tracking
+from ..progress import say
 from .choices import DEFAULT_PROTOCOLS
 from .mlflow_run import log_run
 from .report import build_report, write_json
-
-
-def say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
 
 
 def evaluate(

@@ -12,7 +12,6 @@ MLflow: one parent run per sweep, one child run per trial (:mod:`.finish` closes
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -23,6 +22,7 @@ from moco_core.monitor import check_monitor
 from .. import tracking
 from ..prepare import with_store
 from ..pretrain.inputs import absolute_data_paths, read_partitions
+from ..progress import say
 from ..ray_cluster import check_resources, ensure_ray
 from ..records import SweepRecord, storage_path_of, timestamped
 from .finish import finish
@@ -98,10 +98,6 @@ def tune_sweep(
         trials=rows,
         registered=registered,
     )
-
-
-def say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
 
 
 def new_sweep(cfg: ExperimentConfig, uri: str, metric: str) -> SweepRecord:

@@ -10,7 +10,6 @@ records.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import asdict
 from datetime import datetime
 from typing import Any
@@ -20,6 +19,7 @@ from moco_core.config import ExperimentConfig
 from .. import storage, tracking
 from ..pretrain import build_trainer
 from ..pretrain.failures import fit_with_retries
+from ..progress import say
 from ..records import RunRecord
 
 TAG_TRIAL_STARTS = "moco.trial_starts"  # how many times the trial trained (1 unless it was resumed)
@@ -115,10 +115,6 @@ def fit_trial(record: dict[str, Any], report_callback: Any) -> None:
     rec = RunRecord(**record)
     cfg = rec.experiment()
     fit_with_retries(lambda: build_trainer(cfg, rec, callbacks=[report_callback]), cfg.run.max_failures, say)
-
-
-def say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
 
 
 __all__ = ["TAG_TRIAL_STARTS", "trial_fn", "trial_dirname"]
