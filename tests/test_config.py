@@ -1,8 +1,16 @@
 """Config: YAML loading, dotted overrides, unknown keys, cross-field checks."""
 
 import pytest
+import yaml
 
-from moco_core.config import ConfigError, ExperimentConfig, apply_overrides, load_config
+from moco_core.config import (
+    ConfigError,
+    ExperimentConfig,
+    apply_overrides,
+    dump_yaml,
+    json_schema,
+    load_config,
+)
 
 from .conftest import REPO
 
@@ -90,3 +98,108 @@ def test_core_never_imports_ray_or_mlflow():
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def _write(path, text: str):
+    """An experiment file (for the ``base:`` tests: one file extending another)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.timeout(30)
+def test_base_merges_mappings_and_the_file_wins(tmp_path):
+    _write(
+        tmp_path / "lib" / "parent.yaml",
+        "name: parent\nmoco: {temperature: 0.2, queue_size: 512}\n"
+        "optim: {schedule: step, lr_steps: [10, 20]}\ntracking: {model_name: parent-model}\n",
+    )
+    child = _write(
+        tmp_path / "child.yaml",
+        "base: lib/parent.yaml\nname: child\nmoco: {temperature: 0.07}\noptim: {lr_steps: [5]}\n"
+        "tracking: {model_name: null}\n",
+    )
+    cfg = load_config(child)
+    assert cfg.name == "child" and cfg.moco.temperature == 0.07
+    assert cfg.moco.queue_size == 512 and cfg.optim.schedule == "step"  # the base's, merged key by key
+    assert cfg.optim.lr_steps == [5]  # a list replaces the base's
+    assert cfg.tracking.model_name is None  # so does null
+    assert load_config(child, ["moco.queue_size=64", "name=cli"]).moco.queue_size == 64  # --set comes last
+    # a chain: each base is relative to the file that names it
+    grandchild = _write(
+        tmp_path / "deeper" / "grandchild.yaml", "base: ../child.yaml\nmoco: {momentum: 0.9}\n"
+    )
+    cfg = load_config(grandchild)
+    assert (cfg.name, cfg.moco.temperature, cfg.moco.queue_size, cfg.moco.momentum) == (
+        "child",
+        0.07,
+        512,
+        0.9,
+    )
+
+
+@pytest.mark.timeout(30)
+def test_a_missing_base_and_a_cycle_name_the_file(tmp_path):
+    lost = _write(tmp_path / "lost.yaml", "base: nope.yaml\nname: lost\n")
+    with pytest.raises(ConfigError, match=r"lost\.yaml: base 'nope\.yaml' not found"):
+        load_config(lost)
+    _write(tmp_path / "a.yaml", "base: b.yaml\n")
+    _write(tmp_path / "b.yaml", "base: a.yaml\n")
+    with pytest.raises(
+        ConfigError, match=r"b\.yaml: base 'a\.yaml' makes a cycle: .*a\.yaml -> .*b\.yaml -> .*a\.yaml"
+    ):
+        load_config(tmp_path / "a.yaml")
+    itself = _write(tmp_path / "self.yaml", "base: ./self.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(itself)
+    listed = _write(tmp_path / "listed.yaml", "base: [a.yaml, b.yaml]\n")
+    with pytest.raises(ConfigError, match=r"listed\.yaml: base: must name one experiment file"):
+        load_config(listed)
+
+
+@pytest.mark.timeout(30)
+def test_digits_tune_is_digits_with_its_sweep():
+    tune = load_config(REPO / "experiments" / "digits_tune.yaml")
+    digits = load_config(REPO / "experiments" / "digits.yaml", ["data.num_workers=0", "optim.epochs=4"])
+    assert "base: digits.yaml" in (REPO / "experiments" / "digits_tune.yaml").read_text()
+    assert tune.model_dump(exclude={"tune"}) == digits.model_dump(exclude={"tune"})
+    assert tune.tune is not None and digits.tune is None
+
+
+@pytest.mark.timeout(30)
+def test_every_experiment_file_round_trips_through_its_dump(tmp_path):
+    for path in sorted((REPO / "experiments").glob("*.yaml")):
+        cfg = load_config(path)
+        dumped = _write(tmp_path / path.name, dump_yaml(cfg))
+        assert load_config(dumped) == cfg, path.name
+
+
+@pytest.mark.timeout(30)
+def test_the_json_schema_accepts_every_experiment_file_and_rejects_a_typo():
+    import jsonschema  # a dependency of Ray
+
+    schema = json_schema()
+    validator = jsonschema.Draft202012Validator(schema)
+    validator.check_schema(schema)
+    assert {"base", "name", "data", "moco", "tune"} <= set(schema["properties"])
+    for path in sorted((REPO / "experiments").glob("*.yaml")):
+        raw = yaml.safe_load(path.read_text())  # as an editor sees it: base: and list shorthands included
+        assert [e.message for e in validator.iter_errors(raw)] == [], path.name
+    (typo,) = validator.iter_errors({"moco": {"tempreature": 0.2}})
+    assert "tempreature" in typo.message
+    assert list(validator.iter_errors({"moco": {"temperature": "warm"}}))
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    "overrides, trials",
+    [
+        ([], 12),  # 3 x 2 x 2
+        (["tune.num_samples=4"], 48),  # every sample repeats the whole grid
+        (["tune.space.moco.momentum=null"], 6),
+        (["tune.search=random", "tune.num_samples=5"], 5),
+    ],
+)
+def test_trial_count(overrides, trials):
+    cfg = load_config(REPO / "experiments" / "digits_tune.yaml", overrides)
+    assert cfg.tune is not None and cfg.tune.trial_count() == trials

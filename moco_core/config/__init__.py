@@ -8,7 +8,16 @@ ExperimentConfig, load_config``.
 from .base import ConfigError
 from .dotted import flatten, set_values
 from .experiment import ExperimentConfig
-from .io import apply_overrides, config_from_dict, dump_yaml, load_config, parse_override, read_yaml
+from .io import (
+    apply_overrides,
+    config_from_dict,
+    dump_yaml,
+    json_schema,
+    load_config,
+    parse_override,
+    read_experiment,
+    read_yaml,
+)
 from .sections import (
     AugmentConfig,
     DataConfig,
@@ -30,7 +39,9 @@ __all__ = [
     "apply_overrides",
     "parse_override",
     "read_yaml",
+    "read_experiment",
     "dump_yaml",
+    "json_schema",
     "flatten",
     "set_values",
     "DataConfig",

@@ -1,4 +1,4 @@
-"""Dotted keys (``moco.temperature``) over nested config dicts: flatten, and set values by key."""
+"""Dotted keys (``moco.temperature``) over nested config dicts: flatten, set values by key, merge."""
 
 from __future__ import annotations
 
@@ -37,6 +37,15 @@ def set_values(raw: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
     out = deepcopy(raw)
     for key, value in values.items():
         set_in(out, key.split("."), value, key)
+    return out
+
+
+def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` on top of ``base`` (a new dict): mappings merge key by key, any other value of ``over``
+    (a list, ``None``) replaces the base's."""
+    out = deepcopy(base)
+    for k, v in over.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else deepcopy(v)
     return out
 
 

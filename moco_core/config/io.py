@@ -1,4 +1,5 @@
-"""Experiment files: YAML in, ``--set KEY=VALUE`` overrides, one validation, YAML out."""
+"""Experiment files: YAML in (a file may extend another with ``base:``), ``--set KEY=VALUE`` overrides,
+one validation, YAML out."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ import yaml
 from pydantic import ValidationError
 
 from .base import ConfigError
-from .dotted import deepcopy, set_in
+from .dotted import deepcopy, merge, set_in
 from .experiment import ExperimentConfig
+
+BASE_KEY = "base"  # top-level key of an experiment file: the file it extends, relative to itself
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
@@ -71,12 +74,63 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return raw
 
 
+def read_experiment(path: str | Path) -> dict[str, Any]:
+    """An experiment file as a raw dict, its ``base:`` chain merged in.
+
+    ``base: other.yaml`` (relative to the file) extends another file: mappings merge key by key, every
+    other value of the file replaces the base's (a list or ``null`` too). A base may have a base of its
+    own; a cycle or a missing base is a ``ConfigError`` naming the file.
+    """
+    chain: list[Path] = []
+    layers: list[dict[str, Any]] = []
+    path = Path(path)
+    while True:
+        raw = read_yaml(path)
+        chain.append(path)
+        base = raw.pop(BASE_KEY, None)
+        layers.append(raw)
+        if base is None:
+            break
+        if not isinstance(base, str) or not base.strip():
+            raise ConfigError(f"{path}: base: must name one experiment file, e.g. base: digits.yaml")
+        parent = path.parent / base.strip()
+        if not parent.is_file():
+            raise ConfigError(
+                f"{path}: base {base!r} not found (looked for {parent}; a base is relative to the file "
+                "that names it)"
+            )
+        if any(parent.resolve() == seen.resolve() for seen in chain):
+            cycle = " -> ".join(str(p) for p in [*chain, parent])
+            raise ConfigError(f"{path}: base {base!r} makes a cycle: {cycle}")
+        path = parent
+    out: dict[str, Any] = {}
+    for layer in reversed(layers):  # the first base first; each file that extends it wins over it
+        out = merge(out, layer)
+    return out
+
+
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
-    """Read a YAML experiment file, apply ``--set`` overrides, validate the result."""
-    raw = apply_overrides(read_yaml(path), overrides)
+    """Read a YAML experiment file (and its ``base:`` chain), apply ``--set`` overrides, validate."""
+    raw = apply_overrides(read_experiment(path), overrides)
     src = str(path) + (" with --set " + " ".join(overrides) if overrides else "")
     return config_from_dict(raw, src)
 
 
 def dump_yaml(cfg: ExperimentConfig) -> str:
+    """The config as YAML that :func:`load_config` reads back to an equal config (no ``base:``)."""
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON schema of an experiment file, for editors: :class:`ExperimentConfig`'s, plus ``base``."""
+    schema = ExperimentConfig.model_json_schema()
+    schema["properties"] = {
+        BASE_KEY: {
+            "type": "string",
+            "title": "Base",
+            "description": "the experiment file this one extends, relative to this file; "
+            "mappings merge key by key, other values replace the base's",
+        },
+        **schema["properties"],
+    }
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}

@@ -3,9 +3,11 @@ Ray Tune objects."""
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, GetJsonSchemaHandler, model_validator
+from pydantic_core import CoreSchema
 
 from .base import Compact, Strict
 
@@ -44,6 +46,13 @@ class SearchDim(Compact):
             if given[0].startswith("log") and lo <= 0:
                 raise ValueError(f"{given[0]}: [{lo}, {hi}] needs low > 0")
         return self
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core: CoreSchema, handler: GetJsonSchemaHandler) -> dict[str, Any]:
+        """The list shorthand in the JSON schema too: editors accept ``temperature: [0.1, 0.2]``."""
+        mapping = handler(core)
+        values = handler.resolve_ref_schema(mapping)["properties"]["values"]["anyOf"][0]
+        return {"anyOf": [values, mapping]}
 
     @property
     def kind(self) -> str:
@@ -119,6 +128,13 @@ class TuneConfig(Strict):
                     "(use search: random, or list the values)"
                 )
         return self
+
+    def trial_count(self) -> int:
+        """The trials the sweep starts: random: ``num_samples``; grid: every combination of the lists,
+        ``num_samples`` times (each sample repeats the whole grid)."""
+        if self.search == "random":
+            return self.num_samples
+        return math.prod(len(d.values or ()) for d in self.space.dims().values()) * self.num_samples
 
     def resolved_mode(self, metric: str) -> Literal["max", "min"]:
         return self.mode or ("min" if metric == "train/loss" else "max")
