@@ -11,27 +11,26 @@ from moco_core.checkpoint import backbone_from_checkpoint, load_checkpoint
 from moco_core.config import ExperimentConfig, load_config
 from moco_core.data import DataError, read_dataset
 from moco_core.digits import write_digits
-from moco_core.errors import UserError
 from moco_core.eval import ProtocolSettings, Task, run_protocols
 
 from .next_steps import browse_and_pull
 from .pretrain import pretrain
 from .progress import ProgressPrinter
+from .recipes import recipe_file
 
-RECIPE = Path(__file__).resolve().parents[1] / "experiments" / "digits.yaml"
+RECIPE = "digits.yaml"  # a shipped recipe (service.recipes: the checkout's experiments/, or the wheel's)
 FRACTIONS = (0.05, 1.0)  # about 5 labelled images per digit, and all of them
 
 
 def quickstart(workdir: Path = Path("."), epochs: int | None = None, workers: int | None = None) -> int:
     """The four steps, each announced; returns the exit code."""
-    if not RECIPE.is_file():
-        raise UserError(f"the quickstart recipe {RECIPE} is missing; run from a checkout of this project")
+    path = recipe_file(RECIPE)
     workdir = workdir.resolve()
     data_root = workdir / "data" / "digits"
     printer = ProgressPrinter()
     printer.message(f"[1/4] dataset: scikit-learn's digits -> {data_root}")
     ensure_digits(data_root)
-    cfg = load_config(RECIPE, recipe_overrides(workdir, data_root, epochs, workers))
+    cfg = load_config(path, recipe_overrides(workdir, data_root, epochs, workers))
     printer.message(
         f"[2/4] pretrain: {cfg.model.arch}, MoCo {cfg.augment.recipe}, {cfg.optim.epochs} epochs, "
         f"{cfg.scaling.workers} Ray worker(s)"
@@ -49,7 +48,7 @@ def quickstart(workdir: Path = Path("."), epochs: int | None = None, workers: in
     if reg:
         champ = "and is now the champion" if reg["champion"] else "(the champion stays: it scored higher)"
         print(f"  registered {reg['model_uri']} {champ}")
-    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    uri = result.tracking_uri  # workdir/mlflow.db, unless MLFLOW_TRACKING_URI (--tracking-uri) says otherwise
     print(f"\nrun folder:  {result.run_folder}")
     print(f"MLflow run:  {result.mlflow_run_id}\n")
     ref = f"models:/{reg['name']}@champion" if reg else None

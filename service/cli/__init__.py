@@ -16,10 +16,11 @@ from collections.abc import Sequence
 
 from moco_core.errors import UserError
 
-from . import data, encoders, evaluate, jobs, train, tune
+from . import config, data, encoders, evaluate, jobs, train, tune
 from .codes import EXIT_FAIL, EXIT_INTERRUPTED, EXIT_OK
+from .options import tracking_uri_env
 
-COMMAND_GROUPS = (train, data, tune, evaluate, encoders, jobs)  # the order of `moco --help`
+COMMAND_GROUPS = (train, data, tune, evaluate, encoders, jobs, config)  # the order of `moco --help`
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,7 +48,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(message)s"
     )
     try:
-        return args.func(args)
+        with tracking_uri_env(args):  # --tracking-uri, on the commands that talk to MLflow
+            return args.func(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_FAIL

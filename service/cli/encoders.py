@@ -6,17 +6,20 @@ import argparse
 from pathlib import Path
 
 from .codes import EXIT_OK
+from .options import add_tracking_uri
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     enc = sub.add_parser("encoders", help="registered encoders").add_subparsers(dest="enc_cmd", required=True)
     p = enc.add_parser("list", help="registered encoders, versions, aliases and scores")
+    add_tracking_uri(p)
     p.set_defaults(func=cmd_list)
     p = enc.add_parser("pull", help="download an encoder package (weights.pt + encoder.json)")
     p.add_argument(
         "ref", metavar="REF", help="models:/NAME@ALIAS, models:/NAME/VERSION, a run id, or a folder"
     )
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    add_tracking_uri(p)
     p.set_defaults(func=cmd_pull)
 
 
@@ -28,7 +31,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
         print(
             f"no registered encoders: no MLflow store at {uri} (run moco pretrain or moco quickstart here, "
-            f"or set MLFLOW_TRACKING_URI)"
+            f"or give --tracking-uri / MLFLOW_TRACKING_URI)"
         )
         return EXIT_OK
     tracking.check_reachable(uri)

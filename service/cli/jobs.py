@@ -9,7 +9,15 @@ import sys
 from ..jobs.cluster import JobsError, call, job_info, jobs_client
 from ..jobs.status import TERMINAL, failure_reason, follow_logs, format_status, status_exit, wait_for, when
 from ..jobs.submit import submit
-from .options import add_config, add_dashboard_address, add_resume, add_scaling, load, scaling_overrides
+from .options import (
+    add_config,
+    add_dashboard_address,
+    add_resume,
+    add_scaling,
+    add_tracking_uri,
+    load,
+    scaling_overrides,
+)
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -19,7 +27,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         description="Validate the experiment here and submit it to a Ray cluster as a job that runs "
         "`moco pretrain` (or `moco tune` with --tune) on the head node. The validated config "
         "travels with the job. Data paths and run.storage_path must be paths every node sees; "
-        "the MLflow tracking URI must be one the cluster can reach.",
+        "the MLflow tracking URI (--tracking-uri) must be one the cluster can reach, e.g. "
+        "http://mlflow:5000; a local store only serves a cluster on this machine.",
     )
     add_config(p, example="optim.epochs=100")
     add_dashboard_address(p)
@@ -33,14 +42,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="upload: send this checkout's moco_core/ and service/ with the job (default); "
         "image: use the project installed in the cluster's image",
     )
-    p.add_argument(
-        "--tracking-uri",
-        default=None,
-        metavar="URI",
-        help="MLflow tracking URI as the cluster reaches it, e.g. http://mlflow:5000 "
-        "(default: MLFLOW_TRACKING_URI, else tracking.uri, else sqlite:///mlflow.db here, "
-        "which only a cluster on this machine can use)",
-    )
+    add_tracking_uri(p)  # the job's store: one the cluster reaches (a local store only on this machine)
     add_scaling(p)
     add_resume(
         p,

@@ -2,20 +2,26 @@
 
 ``--set`` overrides a config field; ``--resume`` continues a run (or sweep); ``--workers`` / ``--gpu`` set
 ``scaling.*``; ``--ray-address`` is the Ray cluster a command drives from this process (``ray.init``);
-``--address`` is a cluster's dashboard, which ``moco submit`` and ``moco jobs`` talk to over HTTP.
+``--address`` is a cluster's dashboard, which ``moco submit`` and ``moco jobs`` talk to over HTTP;
+``--tracking-uri`` is the MLflow store of every command that talks to MLflow (:func:`tracking_uri_env`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+from collections.abc import Iterator
 from typing import Any
 
 from moco_core.config import load_config
 
+from ..recipes import find_experiment
+
 
 def add_config(
     p: argparse.ArgumentParser,
-    what: str = "experiment YAML file (see experiments/)",
+    what: str = "experiment YAML file, or the name of a shipped recipe (digits.yaml; see experiments/)",
     example: str = "moco.temperature=0.2",
 ) -> None:
     """FILE and ``--set KEY=VALUE`` (repeatable, validated like the file)."""
@@ -76,6 +82,41 @@ def add_dashboard_address(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_tracking_uri(p: argparse.ArgumentParser) -> None:
+    """``--tracking-uri URI``: the MLflow store the command uses; :func:`service.cli.main` applies it."""
+    p.add_argument(
+        "--tracking-uri",
+        dest="tracking_uri",
+        default=None,
+        metavar="URI",
+        help="MLflow tracking URI: sqlite:///PATH, a folder, or http://HOST:5000 (beats MLFLOW_TRACKING_URI "
+        "and tracking.uri; default: those, else sqlite:///mlflow.db in the working directory)",
+    )
+
+
+@contextlib.contextmanager
+def tracking_uri_env(args: argparse.Namespace) -> Iterator[None]:
+    """With ``--tracking-uri``: ``MLFLOW_TRACKING_URI`` set to it for the command (a local store made
+    absolute, as Ray workers run elsewhere), so every resolution of the URI, here and in the processes
+    the command starts, finds it; the environment is restored afterwards."""
+    uri = getattr(args, "tracking_uri", None)
+    if not uri:
+        yield
+        return
+    from ..tracking import resolve_tracking_uri  # loads MLflow: only for a command that talks to it
+
+    saved = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    try:
+        os.environ["MLFLOW_TRACKING_URI"] = resolve_tracking_uri(None)
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = saved
+
+
 def scaling_overrides(args: argparse.Namespace) -> list[str]:
     """``--workers`` / ``--gpu`` as ``--set`` items."""
     extra = []
@@ -87,8 +128,9 @@ def scaling_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def load(args: argparse.Namespace, extra: list[str] | None = None) -> Any:
-    """The validated config of FILE with ``--set`` (and ``extra``) applied."""
-    return load_config(args.file, [*args.overrides, *(extra or [])])
+    """The validated config of FILE (a path, or a shipped recipe's name) with ``--set`` (and ``extra``)
+    applied."""
+    return load_config(find_experiment(args.file), [*args.overrides, *(extra or [])])
 
 
 def resume_of(args: argparse.Namespace) -> bool | str:
@@ -104,6 +146,8 @@ __all__ = [
     "add_resume",
     "add_ray_address",
     "add_dashboard_address",
+    "add_tracking_uri",
+    "tracking_uri_env",
     "scaling_overrides",
     "load",
     "resume_of",

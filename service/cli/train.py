@@ -7,7 +7,16 @@ from pathlib import Path
 from typing import Any
 
 from .codes import EXIT_OK
-from .options import add_config, add_ray_address, add_resume, add_scaling, load, resume_of, scaling_overrides
+from .options import (
+    add_config,
+    add_ray_address,
+    add_resume,
+    add_scaling,
+    add_tracking_uri,
+    load,
+    resume_of,
+    scaling_overrides,
+)
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -17,11 +26,15 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         description="Write scikit-learn's digits, pretrain MoCo v2 on a local Ray cluster, compare "
         "its kNN accuracy with a random-init encoder, and register the encoder in MLflow.",
     )
-    p.add_argument("--workdir", default=".", help="where data/, runs/ and mlflow.db go (default: here)")
     p.add_argument(
-        "--epochs", type=int, default=None, help="override optim.epochs of experiments/digits.yaml"
+        "--workdir",
+        default=".",
+        help="where data/, runs/ and mlflow.db go (default: here); --tracking-uri puts the MLflow store "
+        "elsewhere",
     )
+    p.add_argument("--epochs", type=int, default=None, help="override optim.epochs of the digits.yaml recipe")
     p.add_argument("--workers", type=int, default=None, help="Ray Train workers (default: from digits.yaml)")
+    add_tracking_uri(p)
     p.set_defaults(func=cmd_quickstart)
 
     p = sub.add_parser(
@@ -39,6 +52,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "from its last checkpoint and in the same MLflow run",
     )
     add_ray_address(p)
+    add_tracking_uri(p)
     p.set_defaults(func=cmd_pretrain)
 
 

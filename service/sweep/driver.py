@@ -28,7 +28,7 @@ from ..records import SweepRecord, storage_path_of, timestamped
 from .finish import finish
 from .progress import SweepProgress
 from .report import TrialRow, collect
-from .space import SweepError, default_concurrency, default_metric, param_space
+from .space import SweepError, default_concurrency, default_metric, param_space, trial_plan
 from .trial import trial_dirname, trial_fn
 
 DRIVER_MEMORY = 64 * 1024**2  # a trial driver asking for no CPU still needs a non-empty resource request
@@ -66,6 +66,7 @@ def tune_sweep(
             "run.checkpoint_every_steps is for moco pretrain: a sweep's trials are ranked and stopped at "
             "epoch ends and checkpoint there; remove it (or --set run.checkpoint_every_steps=null)"
         )
+    say(trial_plan(cfg.tune))
     cfg = absolute_data_paths(cfg)
     parts = read_partitions(cfg, check_files=True)  # dataset faults stop here, before Ray starts
     check_monitor(cfg, parts)

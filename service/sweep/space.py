@@ -1,5 +1,5 @@
-"""The sweep's search, as Ray Tune objects: the metric that ranks trials, the parameter space, and how
-many trials run at once."""
+"""The sweep's search, as Ray Tune objects: the metric that ranks trials, the parameter space, how many
+trials there are and how many run at once."""
 
 from __future__ import annotations
 
@@ -57,6 +57,18 @@ def param_space(tune_cfg: TuneConfig) -> dict[str, Any]:
     return space
 
 
+def trial_plan(tune_cfg: TuneConfig) -> str:
+    """The line ``moco tune`` prints before the sweep starts: how many trials, and why that many."""
+    dims = tune_cfg.space.dims()
+    n, samples = tune_cfg.trial_count(), tune_cfg.num_samples
+    head = f"sweep of {n} trial{'s' * (n != 1)}"
+    if tune_cfg.search == "random":
+        return f"{head}: {samples} random draw{'s' * (samples != 1)} of {', '.join(dims)}"
+    sizes = " x ".join(str(len(d.values or ())) for d in dims.values())
+    line = f"{head}: the {n // samples}-point grid of {' x '.join(dims)} ({sizes})"
+    return line + (f", repeated {samples} times (tune.num_samples)" if samples > 1 else "")
+
+
 def default_concurrency(cfg: ExperimentConfig) -> int:
     """As many trials as the cluster's CPUs (and GPUs) hold at once, at least one."""
     import ray
@@ -68,4 +80,4 @@ def default_concurrency(cfg: ExperimentConfig) -> int:
     return max(1, n)
 
 
-__all__ = ["SweepError", "default_metric", "param_space", "default_concurrency"]
+__all__ = ["SweepError", "default_metric", "param_space", "trial_plan", "default_concurrency"]
