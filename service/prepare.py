@@ -1,6 +1,7 @@
 """``moco data prepare`` and ``data.prepare: auto``: a store prepared by Ray tasks, one per shard, on
-the local cluster or the one named by an address (a cluster prepares in parallel). A stopped prepare
-continues where it stopped (finished shards are kept); a full disk keeps the finished shards too."""
+the local cluster or the one named by an address (a cluster prepares in parallel), into a folder or
+onto object storage (each task uploads its shard). A stopped prepare continues where it stopped
+(finished shards are kept); a full disk keeps the finished shards too."""
 
 from __future__ import annotations
 
@@ -11,13 +12,13 @@ from typing import Any
 
 from moco_core.config import ExperimentConfig
 from moco_core.data import PARTITIONS, Fault, Partition, dataset_fingerprint, read_dataset
-from moco_core.store import StoreError, begin, check_source, read_index, store_size, write_shard
+from moco_core.store import begin, check_source, folder_of, read_index, store_size, write_shard
 from moco_core.store.format import SHARD_BYTES, describe_fault
 from moco_core.store.prepare import conclude
 
 from .ray_cluster import ensure_ray
 from .records import storage_path_of
-from .storage import is_uri
+from .storage import absolute, is_uri, join
 
 PROGRESS_EVERY_S = 10.0
 
@@ -41,6 +42,7 @@ def prepare_store(
 ) -> dict[str, Any]:
     """Prepare (or finish preparing) ``out`` from ``parts``; returns its index. Unreadable images are
     named all together (``DataError``); a full disk is a ``StoreError`` that says how much is kept."""
+    out = folder_of(out)
     work = begin(out, parts, size, channels, source, shard_bytes)
     if not work.jobs:
         return conclude(out, parts, work, [], [])
@@ -76,17 +78,12 @@ def prepare_store(
 
 
 def default_store(cfg: ExperimentConfig, train: Partition) -> str:
-    """Where ``data.prepare: auto`` puts a store when ``data.store`` is not set: under the run storage,
-    named by the dataset, its train fingerprint, the size and the channels."""
-    storage = storage_path_of(cfg)
-    if is_uri(storage):
-        raise StoreError(
-            f"data.prepare: auto keeps the store under run.storage_path, and {storage} is not a folder: "
-            "set data.store to a folder every node reads (a store on object storage is not supported yet)"
-        )
+    """Where ``data.prepare: auto`` puts a store when ``data.store`` is not set: under the run storage
+    (a folder, or a URI: then on object storage), named by the dataset, its train fingerprint, the
+    size and the channels."""
     name = Path(cfg.data.root).name or "data"
     folder = f"{name}-{dataset_fingerprint(train)[:8]}-{store_size(cfg.data)}px-{cfg.data.channels}ch"
-    return str(Path(storage) / "stores" / folder)
+    return join(storage_path_of(cfg), "stores", folder)
 
 
 def with_store(
@@ -94,19 +91,28 @@ def with_store(
 ) -> ExperimentConfig:
     """The config a run trains with: ``data.store`` prepared first with ``data.prepare: auto`` (from
     every partition, so that evaluation reads it too), or checked against every partition: a store
-    from another source, size or channel count refused, before Ray Train starts."""
+    from another source, size or channel count refused, before Ray Train starts. A store on object
+    storage with no dataset beside the driver is checked for its size and channels only (its
+    partitions are its own copies of the CSVs)."""
     data = cfg.data
     if data.prepare == "off" and not data.store:
         return cfg
+    size = store_size(data)
+    if data.prepare == "off" and is_uri(data.store) and not _has_csvs(data):
+        check_source(data.store, read_index(data.store), {}, size, data.channels)
+        return cfg
     parts = read_all(data.root, data.splits_dir, data.label_columns)
     store = data.store or default_store(cfg, parts["train"])
-    size = store_size(data)
     if data.prepare == "auto":  # made from these very partitions: nothing to check afterwards
         source = {"root": data.root, "splits_dir": data.splits_dir, "label_columns": data.label_columns}
         prepare_store(parts, store, size, data.channels, source, say, address)
     else:
         check_source(store, read_index(store), parts, size, data.channels)
-    return cfg.model_copy(update={"data": data.model_copy(update={"store": str(Path(store).resolve())})})
+    return cfg.model_copy(update={"data": data.model_copy(update={"store": absolute(store)})})
+
+
+def _has_csvs(data) -> bool:
+    return (Path(data.splits_dir or data.root).expanduser() / "train.csv").is_file()
 
 
 __all__ = ["read_all", "prepare_store", "default_store", "with_store"]

@@ -23,6 +23,11 @@ def is_uri(path: str) -> bool:
     return "://" in str(path)
 
 
+def absolute(where: str | Path) -> str:
+    """A folder made absolute (workers run elsewhere); a URI as it is."""
+    return str(where) if is_uri(str(where)) else str(Path(where).expanduser().resolve())
+
+
 def join(base: str, *parts: str) -> str:
     """``base/part/...`` for a folder or a URI (a URI's query string, if any, stays at the end)."""
     base = str(base)
@@ -96,4 +101,14 @@ def list_dirs(path: str) -> list[str]:
     return sorted(i.base_name for i in infos if i.type == pyarrow.fs.FileType.Directory)
 
 
-__all__ = ["StorageError", "write_atomic", "is_uri", "join", "write_text", "read_text", "exists", "list_dirs"]
+__all__ = [
+    "StorageError",
+    "write_atomic",
+    "is_uri",
+    "absolute",
+    "join",
+    "write_text",
+    "read_text",
+    "exists",
+    "list_dirs",
+]

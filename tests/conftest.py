@@ -1,8 +1,15 @@
-"""Shared fixtures: the digits dataset written once, and one real local Ray cluster per session."""
+"""Shared fixtures: the digits dataset written once, a real S3 server on 127.0.0.1, and one real
+local Ray cluster per session."""
 
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -23,8 +30,47 @@ def digits_root(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def ray_cluster():
-    """A real local Ray cluster with 2 CPUs (the CI machine's size)."""
+def s3_endpoint(tmp_path_factory):
+    """moto's S3 server (the S3 REST API) on 127.0.0.1, reached as users reach theirs: through the
+    ``AWS_*`` variables of the environment, which the session's Ray cluster inherits."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = open(tmp_path_factory.mktemp("s3") / "moto.log", "wb")  # noqa: SIM115 - open for the session
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=log
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            break
+        except urllib.error.HTTPError:
+            break  # it answers
+        except OSError:
+            if time.monotonic() > deadline or server.poll() is not None:
+                server.kill()
+                raise RuntimeError(f"moto's S3 server did not start on {url}") from None
+            time.sleep(0.2)
+    env = {
+        "AWS_ENDPOINT_URL": url,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    os.environ.update(env)
+    yield url
+    server.kill()
+    server.wait(timeout=30)
+    log.close()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(s3_endpoint):
+    """A real local Ray cluster with 2 CPUs (the CI machine's size); its processes see the session's
+    S3 server as a cluster's nodes see their object store (the environment)."""
     import ray
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")

@@ -200,7 +200,7 @@ def test_tune_says_how_many_trials_before_the_sweep(tmp_path, capsys):
 
 # every command that talks to MLflow (moco evaluate adds the option where it is defined)
 MLFLOW_COMMANDS = [["quickstart"], ["pretrain", "x.yaml"], ["tune", "x.yaml"], ["encoders", "list"]]
-MLFLOW_COMMANDS += [["encoders", "pull", "REF", "--out", "d"], ["submit", "x.yaml"]]
+MLFLOW_COMMANDS += [["encoders", "pull", "REF", "--out", "d"], ["submit", "x.yaml"], ["evaluate", "REF"]]
 
 
 @pytest.mark.timeout(60)

@@ -270,35 +270,6 @@ def test_worker_memory_does_not_grow_with_the_number_of_images(tmp_path):
 
 
 @pytest.mark.slow
-def test_prepare_pretrain_evaluate_on_16bit_xrays_with_two_gloo_workers(ray_cluster, tmp_path, capsys):
-    """The path of the mission's data: 16-bit PNGs in nested folders, CSVs apart -> moco data prepare
-    -> moco pretrain from the store on 2 gloo workers -> moco evaluate from the store."""
-    from .conftest import small_config
-
-    root = xray_dataset(tmp_path / "cxr", 64, size=96, splits_dir=tmp_path / "splits")
-    store = tmp_path / "store"
-    prepare = ["data", "prepare", str(root), "--splits-dir", str(tmp_path / "splits"), "--out", str(store)]
-    assert main([*prepare, "--image-size", "32", "--channels", "1"]) == EXIT_OK
-    assert read_index(store)["partitions"]["train"]["sizes"][0] == [96, 96]
-    overrides = [f"data.splits_dir={tmp_path / 'splits'}", f"data.store={store}", "data.image_size=32"]
-    overrides += ["scaling.workers=2", "optim.epochs=1", "optim.batch_size=16", "moco.queue_size=32"]
-    overrides += ["eval.knn_label_fraction=1.0", "eval.knn_k=5", "tracking.register=false"]
-    cfg = small_config(root, tmp_path, *overrides)
-    from service.pretrain import pretrain
-
-    result = pretrain(cfg)
-    assert "eval/knn_auroc" in result.metrics  # the binary label, scored from the store's val images
-    out = tmp_path / "report.json"
-    args = ["evaluate", f"runs:/{result.mlflow_run_id}", "--data", str(root), "--splits-dir"]
-    args += [str(tmp_path / "splits"), "--store", str(store), "--protocol", "knn", "--no-track"]
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", cfg.tracking.uri)
-        assert main([*args, "--out", str(out)]) == EXIT_OK
-    report = json.loads(out.read_text())
-    (row,) = report["results"]
-    assert row["protocol"] == "knn" and row["metric"] == "auroc" and 0.5 < row["encoder"]["value"] <= 1.0
-
-
 def test_loader_workers_are_bounded_by_the_cpus_of_the_worker(caplog):
     from moco_core.pipeline import loader_workers
 

@@ -27,6 +27,9 @@ class DataConfig(Strict):
     # auto: prepare data.store on first use (default folder: <run.storage_path>/stores/...)
     prepare: Literal["off", "auto"] = "off"
     store_size: int | None = Field(None, ge=8, le=4096)  # stored side; default image_size (<= 64) or x8/7
+    # a store on object storage (s3://...) is read through a cache on each node's disk (LRU, bounded)
+    store_cache: str | None = None  # the cache folder; default $XDG_CACHE_HOME/moco/stores
+    store_cache_gb: float = Field(20.0, ge=0)  # its bound; 0: no cache, one ranged read per image
 
     @field_validator("prepare", mode="before")
     @classmethod

@@ -31,6 +31,8 @@ class Partition:
     label_kind: LabelKind
     classes: list[str]
     targets: np.ndarray | None  # multiclass: int64 (n,); binary/multilabel: float32 (n, L); none: None
+    # known without the files (a store's partitions: recorded when it was prepared from them)
+    fingerprint: str | None = None
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -39,9 +41,8 @@ class Partition:
         """This partition restricted to ``rows`` (indices into it), in that order."""
         idx = [int(i) for i in rows]
         targets = None if self.targets is None else self.targets[np.asarray(idx, dtype=np.int64)]
-        return replace(
-            self, rows=[self.rows[i] for i in idx], paths=[self.paths[i] for i in idx], targets=targets
-        )
+        rows, paths = [self.rows[i] for i in idx], [self.paths[i] for i in idx]
+        return replace(self, rows=rows, paths=paths, targets=targets, fingerprint=None)
 
     def relpath(self, i: int) -> str:
         """``"train/a/b.png"``: how faults name image ``i``."""
@@ -240,6 +241,8 @@ def files_fingerprint(names: Sequence[str], paths: Sequence[Path | str]) -> str:
 
 def dataset_fingerprint(partition: Partition) -> str:
     """``files_fingerprint`` of a partition's images, by their sorted relative paths."""
+    if partition.fingerprint is not None:
+        return partition.fingerprint
     pairs = sorted((p.relative_to(partition.folder).as_posix(), p) for p in partition.paths)
     return files_fingerprint([n for n, _ in pairs], [p for _, p in pairs])
 

@@ -1,6 +1,6 @@
 """The prepared store: its layout on disk, its index, and the checks that it was made from this dataset.
 
-A store is a folder::
+A store is a folder, here or on object storage (``s3://bucket/prefix``: see :mod:`.location`)::
 
     STORE/store.json                the index, written last: a store without it is not finished
     STORE/plan.json                 what is being prepared (source, size, channels, shard sizes)
@@ -10,31 +10,29 @@ A store is a folder::
 
 Every image is decoded once (``data.images.squashed``): 16-bit scaled to 8 bits, ``C`` channels,
 resized to ``S`` x ``S`` (squashed, nothing cut off; the original height and width are kept, and crops
-are drawn in the original geometry). A shard is written under a temporary name and renamed when
-complete, after its ``.json``: a shard whose ``.npy`` exists is done, whatever stopped the prepare.
+are drawn in the original geometry). A shard is written under a temporary name and renamed (or
+uploaded) when complete, then its ``.json``: a shard with both, and the fingerprint of its images in
+the ``.json``, is done, whatever stopped the prepare.
 """
 
 from __future__ import annotations
 
 import errno
-import json
+import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..data import Partition, dataset_fingerprint
-from ..errors import UserError
+from .errors import StoreError
+from .location import folder_of
 
 FORMAT = 1
 INDEX_FILE = "store.json"
 PLAN_FILE = "plan.json"
 SHARD_BYTES = 64 << 20  # a shard holds about this much (at most MAX_SHARD_IMAGES images)
 MAX_SHARD_IMAGES = 4096
-
-
-class StoreError(UserError, ValueError):
-    """The store cannot be used as asked; the message names the store and what to do."""
 
 
 def default_store_size(image_size: int) -> int:
@@ -46,6 +44,12 @@ def default_store_size(image_size: int) -> int:
 
 def shard_images(size: int, channels: int, shard_bytes: int = SHARD_BYTES) -> int:
     return max(1, min(MAX_SHARD_IMAGES, shard_bytes // (channels * size * size)))
+
+
+def csv_digest(partition: Partition) -> str:
+    """Of the partition's CSV as it is: its labels travel with the store (workers reading a store on
+    object storage take them from its copy), so a label edited since is noticed."""
+    return hashlib.sha256(partition.csv_path.read_bytes()).hexdigest()[:16]
 
 
 def relpaths(partition: Partition) -> list[str]:
@@ -76,7 +80,8 @@ def plan_of(
         "channels": channels,
         "shard_images": per,
         "partitions": {
-            name: {"fingerprint": dataset_fingerprint(p), "images": len(p)} for name, p in parts.items()
+            name: {"fingerprint": dataset_fingerprint(p), "csv": csv_digest(p), "images": len(p)}
+            for name, p in parts.items()
         },
     }
 
@@ -107,21 +112,15 @@ def describe_fault(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"
 
 
-def read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as e:
-        raise StoreError(f"{path} cannot be read ({e}); remove the store and prepare it again") from None
-
-
-def read_index(store: str | Path) -> dict[str, Any]:
-    """The index of a finished store; a ``StoreError`` naming the store otherwise."""
-    store = Path(store)
-    index = read_json(store / INDEX_FILE)
+def read_index(store) -> dict[str, Any]:
+    """The index of a finished store (a folder, a URI or a ``location`` folder); a ``StoreError``
+    naming the store otherwise."""
+    store = folder_of(store)
+    if store.remote:
+        store.check_reachable()  # an unreachable server or a missing bucket said so, in one line
+    index = store.read_json(INDEX_FILE)
     if index is None:
-        what = "is not finished" if (store / PLAN_FILE).is_file() else "is not a prepared store"
+        what = "is not finished" if store.exists(PLAN_FILE) else "is not a prepared store"
         raise StoreError(
             f"{store} {what} (no {INDEX_FILE}): run `moco data prepare ROOT --out {store}` "
             "(a prepare that was stopped continues where it stopped)"
@@ -160,6 +159,11 @@ def check_source(
                 f"{have['fingerprint']}, the dataset now has {fp}: images added, removed or changed); "
                 f"{prepare}"
             )
+        if have.get("csv") not in (None, csv_digest(p)):
+            raise StoreError(
+                f"{name}.csv changed since {store} was prepared (its labels or columns: the images are "
+                f"the same); {prepare} (only the CSV copies are rewritten)"
+            )
     if channels is not None and index["channels"] != channels:
         raise StoreError(
             f"{store} holds {index['channels']}-channel images and data.channels is {channels}; prepare "
@@ -180,7 +184,7 @@ __all__ = [
     "shards_of",
     "incomplete",
     "describe_fault",
-    "read_json",
+    "csv_digest",
     "read_index",
     "check_source",
 ]

@@ -8,8 +8,6 @@ it likes: a finished shard is skipped), then :func:`finish`.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -20,7 +18,6 @@ import numpy as np
 
 from ..data import DataError, Fault, Partition, squashed
 from ..data.partitions import files_fingerprint
-from ..files import write_atomic
 from .format import (
     INDEX_FILE,
     PLAN_FILE,
@@ -30,17 +27,17 @@ from .format import (
     describe_fault,
     incomplete,
     plan_of,
-    read_json,
     relpaths,
     shards_of,
 )
+from .location import LocalFolder, RemoteFolder, folder_of
 
 
 @dataclass(frozen=True)
 class ShardInput:
     """What one shard is made of: plain data, so that it travels to a Ray task."""
 
-    store: str
+    store: LocalFolder | RemoteFolder
     shard: Shard
     paths: list[str]  # absolute
     rows: list[int]  # CSV lines
@@ -71,9 +68,9 @@ def begin(
     did not finish. A continued prepare keeps its shard size; what a killed writer left half-written is
     removed (one prepare at a time per store). A folder holding the store of another dataset root,
     size or channel count is refused: nothing of it is overwritten."""
-    store = Path(store)
+    store = folder_of(store)
     plan = dict(plan_of(parts, size, channels, shard_bytes), source=source)
-    old = read_json(store / INDEX_FILE) or read_json(store / PLAN_FILE)
+    old = store.read_json(INDEX_FILE) or store.read_json(PLAN_FILE)
     if old is not None:
         keys = ("format", "size", "channels")
         if any(old.get(k) != plan[k] for k in keys) or old["source"]["root"] != source["root"]:
@@ -82,19 +79,18 @@ def begin(
                 f"({_what(old)}; asked: {_what(plan)}): prepare into another folder, or remove {store} first"
             )
         plan["shard_images"] = old["shard_images"]
-        if (store / INDEX_FILE).is_file() and _fingerprints(old) == _fingerprints(plan):
+        if store.exists(INDEX_FILE) and _fingerprints(old) == _fingerprints(plan):
             return Work([], len(shards_of(old)))
-    store.mkdir(parents=True, exist_ok=True)
-    (store / INDEX_FILE).unlink(missing_ok=True)  # not finished until every shard matches the source
-    write_atomic(store / PLAN_FILE, lambda tmp: tmp.write_text(json.dumps(plan, indent=1)))
-    for stale in store.glob(".*.tmp*"):
-        stale.unlink(missing_ok=True)
+    store.begin_writing()
+    store.remove(INDEX_FILE)  # not finished until every shard matches the source
+    store.write_text(PLAN_FILE, json.dumps(plan, indent=1))
     jobs = [_input(store, s, parts[s.partition], size, channels) for s in shards_of(plan)]
     return Work([job for job in jobs if not _done(job)], len(jobs))
 
 
-def _fingerprints(plan: dict[str, Any]) -> dict[str, str]:
-    return {n: p["fingerprint"] for n, p in plan["partitions"].items()}
+def _fingerprints(plan: dict[str, Any]) -> dict[str, tuple[str, str | None]]:
+    """Of the images and of the CSVs: a label edited since asks for new CSV copies (no shard)."""
+    return {n: (p["fingerprint"], p.get("csv")) for n, p in plan["partitions"].items()}
 
 
 def _what(plan: dict[str, Any]) -> str:
@@ -104,33 +100,35 @@ def _what(plan: dict[str, Any]) -> str:
 
 def _done(job: ShardInput) -> bool:
     """Written, from these very images (paths and file sizes)."""
-    store, stem = Path(job.store), job.shard.stem
-    meta = read_json(store / f"{stem}.json") if (store / f"{stem}.npy").is_file() else None
+    store, stem = job.store, job.shard.stem
+    meta = store.read_json(f"{stem}.json") if store.exists(f"{stem}.npy") else None
     return meta is not None and meta.get("fingerprint") == job.fingerprint
 
 
-def _input(store: Path, shard: Shard, p: Partition, size: int, channels: int) -> ShardInput:
+def _input(
+    store: LocalFolder | RemoteFolder, shard: Shard, p: Partition, size: int, channels: int
+) -> ShardInput:
     idx = range(shard.start, shard.start + shard.count)
     paths, shown = [str(p.paths[i]) for i in idx], [p.relpath(i) for i in idx]
     rows = [p.rows[i] for i in idx]
-    return ShardInput(str(store), shard, paths, rows, shown, size, channels, files_fingerprint(shown, paths))
+    return ShardInput(store, shard, paths, rows, shown, size, channels, files_fingerprint(shown, paths))
 
 
 def write_shard(job: ShardInput) -> list[Fault]:
     """Decode the shard's images and write it; returns the unreadable images (and writes nothing then).
     A full disk raises ``OSError`` and leaves no partial file."""
-    store, shard = Path(job.store), job.shard
-    final, meta = store / f"{shard.stem}.npy", store / f"{shard.stem}.json"
+    store, shard = job.store, job.shard
     if _done(job):
         return []
     faults: list[Fault] = []
     sizes: list[tuple[int, int]] = []
-    tmp = store / f".{shard.stem}.npy.tmp{os.getpid()}"
+    tmp = store.scratch(f"{shard.stem}.npy")
     shape = (shard.count, job.channels, job.size, job.size)
     header = {"descr": "|u1", "fortran_order": False, "shape": shape}
     try:
         with open(tmp, "wb") as f:
             np.lib.format.write_array_header_1_0(f, header)
+            offset = f.tell()  # where the pixels start: a reader of object storage need not ask
             for path, row, shown in zip(job.paths, job.rows, job.shown):
                 try:
                     pixels, original = squashed(path, job.channels, job.size)
@@ -142,9 +140,9 @@ def write_shard(job: ShardInput) -> list[Fault]:
                 sizes.append(original)
         if faults:
             return faults
-        os.replace(tmp, final)  # then its .json: only both together, and matching, say it is done
-        text = json.dumps({"sizes": sizes, "rows": job.rows, "fingerprint": job.fingerprint})
-        write_atomic(meta, lambda t: t.write_text(text))
+        store.put(f"{shard.stem}.npy", tmp)  # then its .json: both, and matching, say it is done
+        meta = {"sizes": sizes, "rows": job.rows, "fingerprint": job.fingerprint, "offset": offset}
+        store.write_text(f"{shard.stem}.json", json.dumps(meta))
     finally:
         tmp.unlink(missing_ok=True)
     return []
@@ -152,24 +150,24 @@ def write_shard(job: ShardInput) -> list[Fault]:
 
 def finish(store: str | Path, parts: dict[str, Partition]) -> dict[str, Any]:
     """Write the index of a store whose shards are all written (the last step of a prepare)."""
-    store = Path(store)
-    plan = read_json(store / PLAN_FILE)
+    store = folder_of(store)
+    plan = store.read_json(PLAN_FILE)
     assert plan is not None, f"{store}: begin() first"
     index = dict(plan, partitions={})
-    (store / "csv").mkdir(exist_ok=True)
     for name, p in plan["partitions"].items():
         sizes: list[list[int]] = []
         shards = []
         for s in (s for s in shards_of(plan) if s.partition == name):
-            meta = read_json(store / f"{s.stem}.json")
-            if meta is None or not (store / f"{s.stem}.npy").is_file():
+            meta = store.read_json(f"{s.stem}.json")
+            if meta is None or not store.exists(f"{s.stem}.npy"):
                 raise StoreError(f"{store}: shard {s.stem} is missing; run the prepare again to write it")
             sizes += meta["sizes"]
-            shards.append({"file": f"{s.stem}.npy", "start": s.start, "count": s.count})
+            shard = {"file": f"{s.stem}.npy", "start": s.start, "count": s.count}
+            shards.append(dict(shard, fingerprint=meta["fingerprint"], offset=meta.get("offset")))
         part = parts[name]
-        shutil.copyfile(part.csv_path, store / "csv" / f"{name}.csv")
+        store.write_text(f"csv/{name}.csv", part.csv_path.read_text())
         index["partitions"][name] = dict(p, paths=relpaths(part), rows=part.rows, sizes=sizes, shards=shards)
-    write_atomic(store / INDEX_FILE, lambda tmp: tmp.write_text(json.dumps(index)))
+    store.write_text(INDEX_FILE, json.dumps(index))
     return index
 
 
@@ -210,8 +208,9 @@ def conclude(
         raise incomplete(store, failed, len(work.jobs))
     if faults:
         raise DataError(faults, f"{len(faults)} unreadable image(s); the other shards of {store} are kept")
-    if not work.jobs and (Path(store) / INDEX_FILE).is_file():
-        return read_json(Path(store) / INDEX_FILE)  # type: ignore[return-value]
+    store = folder_of(store)
+    if not work.jobs and store.exists(INDEX_FILE):
+        return store.read_json(INDEX_FILE)  # type: ignore[return-value]
     return finish(store, parts)
 
 

@@ -55,7 +55,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("root", metavar="ROOT", help="dataset root (holds train/, val/, test/)")
     add_splits(p)
-    p.add_argument("--out", required=True, metavar="STORE", help="the store folder (created)")
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="STORE",
+        help="the store: a folder (created), or s3://BUCKET/PREFIX (any pyarrow.fs URI; credentials and "
+        "AWS_ENDPOINT_URL from the environment, never in the URI): each Ray task uploads its shard",
+    )
     p.add_argument(
         "--image-size", type=int, default=224, help="the data.image_size the store is for (default 224)"
     )

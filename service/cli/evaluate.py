@@ -9,7 +9,7 @@ from typing import Any
 
 from ..evaluation.choices import BASELINES, DEFAULT_PROTOCOLS, JSON_NAME, PROTOCOL_METAVAR
 from .codes import EXIT_OK
-from .options import add_splits, label_columns_of
+from .options import add_splits, add_tracking_uri, label_columns_of
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -27,13 +27,20 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         metavar="ENCODER",
         help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID, a run id, or an encoder folder",
     )
-    p.add_argument("--data", required=True, metavar="ROOT", help="dataset root (holds train/, val/, test/)")
+    p.add_argument(
+        "--data",
+        default=None,
+        metavar="ROOT",
+        help="dataset root (holds train/, val/, test/); may be left out with --store: the partitions "
+        "are then the store's copies of the CSVs",
+    )
     add_splits(p)
     p.add_argument(
         "--store",
         default=None,
         metavar="STORE",
-        help="read the images from this prepared store (moco data prepare) instead of decoding the files",
+        help="read the images from this prepared store (moco data prepare): a folder, or s3://BUCKET/PREFIX "
+        "(credentials and AWS_ENDPOINT_URL from the environment) read through data.store_cache",
     )
     p.add_argument(
         "--protocol",
@@ -69,6 +76,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "--out", default=JSON_NAME, metavar="FILE.json", help=f"JSON results (default: {JSON_NAME})"
     )
     p.add_argument("--no-track", action="store_true", help="do not log an MLflow run")
+    add_tracking_uri(p)
     p.add_argument("--knn-k", type=int, default=None, help="neighbours of the kNN vote (default: eval.knn_k)")
     p.add_argument(
         "--knn-t", type=float, default=None, help="temperature of the kNN vote (default: eval.knn_t)"

@@ -9,7 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ..storage import write_atomic
+from ..storage import absolute, write_atomic
 
 
 def _finite(v: Any) -> Any:
@@ -58,7 +58,7 @@ def build_report(
                 "data_fingerprint": meta.get("data_fingerprint"),
             },
             "data": {
-                "root": str(Path(root).expanduser().resolve()),
+                "root": absolute(root),
                 "splits_dir": str(Path(splits_dir).expanduser().resolve()) if splits_dir else None,
                 "label_kind": train.label_kind,
                 "label_names": train.label_names,

@@ -22,6 +22,7 @@ from torch import nn
 from moco_core.backbones import create_backbone
 from moco_core.config import DataConfig
 from moco_core.data import Partition, dataset_fingerprint, read_dataset
+from moco_core.errors import UserError
 from moco_core.eval import (
     ProtocolSettings,
     Task,
@@ -31,10 +32,11 @@ from moco_core.eval import (
     label_subset,
     run_protocols,
 )
-from moco_core.store import check_source, read_index
+from moco_core.store import check_source, read_index, store_partitions
 
 from .. import registry, tracking
 from ..progress import say
+from ..storage import absolute
 from .choices import DEFAULT_PROTOCOLS
 from .mlflow_run import log_run
 from .report import build_report, write_json
@@ -42,7 +44,7 @@ from .report import build_report, write_json
 
 def evaluate(
     ref: str,
-    root: str | Path,
+    root: str | Path | None,
     *,
     splits_dir: str | Path | None = None,
     label_columns: list[str] | None = None,
@@ -57,14 +59,23 @@ def evaluate(
 ) -> dict[str, Any]:
     """Run the evaluation; returns the report (also written to ``out`` and, if ``track``, to MLflow)."""
     settings = settings or ProtocolSettings()
+    if root is None:  # the store's own partitions (a store on object storage, no dataset here)
+        if store is None:
+            raise UserError("moco evaluate needs the dataset (--data ROOT) or a prepared store (--store)")
+        parts, root, store_channels = (
+            store_partitions(store, label_columns),
+            store,
+            read_index(store)["channels"],
+        )
+    else:
+        parts, store_channels = read_dataset(root, splits_dir, label_columns), None
     uri = tracking.resolve_tracking_uri(None)
     if track or not registry.is_local_ref(ref):
         tracking.check_reachable(uri)  # models:/ and run references resolve against it
     with tempfile.TemporaryDirectory(prefix="moco-evaluate-") as tmp:
         backbone, meta = registry.read_encoder_package(registry.resolve_ref(ref, tmp, uri))
-    parts = read_dataset(root, splits_dir, label_columns)
-    check_task(parts, meta, protocols, fractions, seed)  # every fault before any work
-    if store is not None:  # any size will do: the views are made from the store at the encoder's size
+    check_task(parts, meta, protocols, fractions, seed, store_channels)  # every fault before any work
+    if store is not None and root != store:  # any size will do: views are made at the encoder's size
         check_source(store, read_index(store), parts)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     stats = ([float(m) for m in meta["mean"]], [float(s) for s in meta["std"]])  # the package's own
@@ -107,11 +118,23 @@ def evaluate(
 
 
 def check_task(
-    parts: dict[str, Partition], meta: dict, protocols: Sequence[str], fractions: Sequence[float], seed: int
+    parts: dict[str, Partition],
+    meta: dict,
+    protocols: Sequence[str],
+    fractions: Sequence[float],
+    seed: int,
+    store_channels: int | None = None,
 ) -> None:
-    """The labels fit every protocol, the images fit the encoder, every fraction keeps every class."""
+    """The labels fit every protocol, the images fit the encoder (``store_channels``: those of the
+    store the images come from, when there are no files to look at), every fraction keeps every class."""
     check_labels(parts, list(protocols))
-    check_channels(parts["train"], int(meta["in_channels"]))
+    if store_channels is None:
+        check_channels(parts["train"], int(meta["in_channels"]))
+    elif store_channels == 3 and int(meta["in_channels"]) == 1:
+        raise UserError(
+            "the encoder takes 1-channel (gray) images and the store holds 3-channel (colour) ones: "
+            "evaluate it on a store prepared with --channels 1"
+        )
     for f in fractions:
         label_subset(parts["train"], f, seed)
 
@@ -125,13 +148,13 @@ def data_config(
 ) -> DataConfig:
     """How the encoder sees the dataset: its image size and channels, read from ``store`` if given."""
     return DataConfig(
-        root=str(Path(root).expanduser().resolve()),
+        root=absolute(root),
         splits_dir=str(Path(splits_dir).expanduser().resolve()) if splits_dir else None,
         image_size=int(meta["image_size"]),
         channels=int(meta["in_channels"]),
         label_columns=label_columns,
         num_workers=min(4, os.cpu_count() or 1),
-        store=str(Path(store).expanduser().resolve()) if store else None,
+        store=absolute(store) if store else None,
     )
 
 
