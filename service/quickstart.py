@@ -38,7 +38,7 @@ def quickstart(workdir: Path = Path("."), epochs: int | None = None, workers: in
     result = pretrain(cfg, printer=printer)
 
     printer.message("[3/4] evaluate: kNN on the test partition, against a random-init encoder")
-    trained = backbone_from_checkpoint(cfg, load_checkpoint(result.checkpoint_path))
+    trained = backbone_from_checkpoint(cfg, load_checkpoint(result.published_checkpoint_path))
     torch.manual_seed(cfg.run.seed)
     random_init = create_backbone(cfg.model.arch, cfg.data.channels, cfg.model.small_image_stem)
     print_scores(cfg, knn_on_test(cfg, {"MoCo (this run)": trained, "random init": random_init}))

@@ -69,10 +69,11 @@ def store_errors() -> tuple[type[BaseException], ...]:
 @contextlib.contextmanager
 def fluent_uri(uri: str) -> Iterator[None]:
     """MLflow's fluent API (``mlflow.pytorch.log_model``) reads the global tracking URI: point it at
-    ``uri`` for the block, then back to what it was."""
+    ``uri`` for the block, then back to what it was: unset when it was unset (setting it also sets
+    ``MLFLOW_TRACKING_URI``, which would then outrank every URI this process is given)."""
     import mlflow
 
-    previous = mlflow.get_tracking_uri()
+    previous = mlflow.get_tracking_uri() if mlflow.tracking.is_tracking_uri_set() else None
     mlflow.set_tracking_uri(uri)
     try:
         yield

@@ -174,7 +174,7 @@ def pretrained(ray_cluster, digits_root, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("evaluate")
     cfg = small_config(digits_root, tmp, *PRETRAIN)
     result = pretrain(cfg)
-    trained = backbone_from_checkpoint(cfg, load_checkpoint(result.checkpoint_path))
+    trained = backbone_from_checkpoint(cfg, load_checkpoint(result.published_checkpoint_path))
     return SimpleNamespace(
         cfg=cfg, result=result, uri=result.tracking_uri, root=digits_root, tmp=tmp, trained=trained
     )

@@ -116,6 +116,8 @@ with warnings.catch_warnings():
         experiment: str = "moco"
         register: bool = True
         model_name: str | None = None  # default: moco-<name>
+        # which epoch's encoder is published (logged, registered): the monitor's best, or the last
+        publish: Literal["best", "last"] = "best"
 
 
 class EvalConfig(Strict):

@@ -79,6 +79,10 @@ def print_result(result: Any) -> None:
         if k.startswith(("train/loss", "eval/")):
             print(f"  {k:<20} {v:.4f}")
     print(f"  checkpoint           {result.checkpoint_path}")
+    if result.published_epoch is not None:
+        why = "the monitor's best" if result.published_as == "best" else "the last"
+        where = result.published_checkpoint_path
+        print(f"  published encoder    epoch {result.published_epoch} ({why}): {where}")
     print(f"  MLflow run           {result.mlflow_run_id}  ({result.tracking_uri})")
     reg = result.registered
     lines = registered_line(reg)

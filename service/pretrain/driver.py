@@ -7,6 +7,7 @@ and its MLflow run -> ``TorchTrainer.fit`` -> plots -> encoder package -> regist
 
 from __future__ import annotations
 
+import math
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime
@@ -27,6 +28,7 @@ from ..progress import ProgressPrinter, ProgressRelay
 from ..ray_cluster import check_resources, ensure_ray
 from ..records import RunRecord, storage_path_of, timestamped
 from ..registry.publish import publish_encoder
+from .epochs import SCORE_KEY
 from .failures import fault_of_the_run, fit_with_retries
 from .inputs import absolute_data_paths, read_partitions
 from .worker import train_fn_per_worker
@@ -43,8 +45,11 @@ class PretrainResult:
     mlflow_run_id: str
     tracking_uri: str
     metrics: dict[str, Any]
-    checkpoint_path: str
+    checkpoint_path: str  # the last one
     registered: dict[str, Any] | None
+    published_epoch: int | None = None  # the epoch whose encoder was published (tracking.publish)
+    published_as: str = "last"  # best: the monitor's best epoch; last: the last one
+    published_checkpoint_path: str | None = None  # the checkpoint of the published encoder
 
 
 def pretrain(
@@ -132,7 +137,10 @@ def build_trainer(
             name=record.name,
             storage_path=record.storage_path,
             failure_config=FailureConfig(max_failures=0),  # retries: fit_with_retries
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            # the 2 best by the monitor, and the latest (always kept: a restart continues from it)
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=2, checkpoint_score_attribute=SCORE_KEY, checkpoint_score_order="max"
+            ),
             callbacks=callbacks or None,
         ),
     )
@@ -153,27 +161,48 @@ def fit(make_trainer: Any, cfg: ExperimentConfig, record: RunRecord, printer: Pr
 
 
 def finish(cfg: ExperimentConfig, record: RunRecord, result: Any, train_p: Partition) -> PretrainResult:
-    """Plots, the encoder of the final checkpoint (packaged, logged, registered), the run finished."""
+    """Plots, the encoder of the published checkpoint (packaged, logged, registered), the run finished."""
     if result.checkpoint is None:
         raise PretrainError(f"run {record.name} finished without a checkpoint")
-    with result.checkpoint.as_directory() as d:
-        final_state = load_checkpoint(d)
-    uri, metrics = record.tracking_uri, dict(result.metrics or {})
+    checkpoint, published, chosen = published_checkpoint(cfg, result)
+    with checkpoint.as_directory() as d:
+        state = load_checkpoint(d)
+    uri = record.tracking_uri
     with tempfile.TemporaryDirectory() as tmp:
         log_run_plots(uri, record.mlflow_run_id, Path(tmp) / "plots")
-    registered = publish_encoder(
-        cfg, final_state, record.mlflow_run_id, uri, metrics, dataset_fingerprint(train_p)
-    )
+    fingerprint, epoch = dataset_fingerprint(train_p), int(state["epoch"])
+    registered = publish_encoder(cfg, state, record.mlflow_run_id, uri, published, fingerprint, epoch, chosen)
     record.mark("finished")
     return PretrainResult(
         run_name=record.name,
         run_folder=str(record.folder),
         mlflow_run_id=record.mlflow_run_id,
         tracking_uri=uri,
-        metrics=metrics,
+        metrics=dict(result.metrics or {}),
         checkpoint_path=result.checkpoint.path,
         registered=registered,
+        published_epoch=epoch,
+        published_as=chosen,
+        published_checkpoint_path=checkpoint.path,
     )
+
+
+def published_checkpoint(cfg: ExperimentConfig, result: Any) -> tuple[Any, dict[str, Any], str]:
+    """The checkpoint whose encoder is published, the metrics reported with it, and how it was chosen:
+    with ``tracking.publish: best``, the one the monitor scored highest (the later one of a tie), else
+    (or with no monitor) the last."""
+    last = (result.checkpoint, dict(result.metrics or {}), "last")
+    if cfg.tracking.publish == "last":
+        return last
+    scored = [
+        (float(m[SCORE_KEY]), m.get("step", 0), c, m)
+        for c, m in (result.best_checkpoints or [])
+        if math.isfinite(float(m.get(SCORE_KEY, float("nan"))))
+    ]
+    if not scored:
+        return last
+    *_, checkpoint, metrics = max(scored, key=lambda t: t[:2])
+    return checkpoint, dict(metrics), "best"
 
 
 __all__ = ["PretrainError", "PretrainResult", "pretrain", "build_trainer"]

@@ -19,6 +19,10 @@ from moco_core.monitor import KnnMonitor, can_monitor
 from ..progress import ProgressSender
 from .metrics import MetricLogger
 
+# reported with every checkpoint: the monitor's value measured at it (NaN where it was not measured:
+# mid-epoch, or no labelled val), so Ray Train keeps the best checkpoints besides the latest one
+SCORE_KEY = "monitor_score"
+
 
 class EpochHooks:
     """The ``on_step`` / ``on_epoch_end`` hooks of ``engine.fit`` on one worker."""
@@ -76,7 +80,8 @@ class EpochHooks:
         knn_due = cfg.eval.knn_every_epochs and st.epoch % cfg.eval.knn_every_epochs == 0
         if self.monitor is not None and (knn_due or final):  # every rank: it gathers their features
             encoder = st.model.encoder_q if cfg.eval.knn_features == "head" else st.model.encoder_q.backbone
-            report.update(self.monitor.measure(encoder, self.device))
+            measured = self.monitor.measure(encoder, self.device)
+            report.update(measured, **{SCORE_KEY: next(iter(measured.values()))})
         if self.metrics is not None:
             self.metrics.log({k: v for k, v in report.items() if k.startswith("eval/")}, step=st.step)
             self.metrics.log({"train/epoch_loss": report["train/loss"]}, step=st.step)
@@ -102,6 +107,7 @@ class EpochHooks:
         rank holds the same state)."""
         import ray.train
 
+        report = {SCORE_KEY: float("nan"), **report}
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if self.rank0:
@@ -114,4 +120,4 @@ class EpochHooks:
         return self.metrics is None or self.metrics.flush()
 
 
-__all__ = ["EpochHooks"]
+__all__ = ["EpochHooks", "SCORE_KEY"]

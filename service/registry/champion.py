@@ -15,6 +15,8 @@ TAG_METRIC = "moco.metric"
 TAG_VALUE = "moco.value"
 TAG_FINGERPRINT = "moco.fingerprint"
 TAG_SOURCE_RUN = "moco.source_run_id"
+TAG_EPOCH = "moco.epoch"  # the epoch whose encoder the version is
+TAG_PUBLISHED = "moco.published"  # best (by the monitor) or last: tracking.publish
 
 
 def champion_should_move(current: dict | None, candidate: dict) -> bool:

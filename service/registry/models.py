@@ -39,9 +39,11 @@ def register_encoder(
     fingerprint: str,
     uri: str | None = None,
     input_example_size: tuple[int, int, int] | None = None,
+    tags: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Log the package to run ``run_id`` of the store at ``uri`` (default: the project's) and register it
-    as a new version of ``model_name``, scored ``metric = value`` on data ``fingerprint``; alias
+    as a new version of ``model_name``, scored ``metric = value`` on data ``fingerprint`` (and tagged
+    ``tags`` besides); alias
     ``champion`` moves to it iff the champion rule says so.
 
     Returns ``{"name", "version", "champion", "previous_champion", "model_uri"}``.
@@ -55,6 +57,7 @@ def register_encoder(
     except tracking.mlflow_errors() as e:
         raise EncoderError(f"cannot register the encoder: run {run_id!r} not found ({e.message})") from None
     tags = {
+        **(tags or {}),
         TAG_METRIC: metric,
         TAG_VALUE: repr(float(value)),
         TAG_FINGERPRINT: fingerprint,

@@ -11,6 +11,7 @@ from moco_core.config import ExperimentConfig
 from moco_core.monitor import scored_as
 
 from .. import tracking
+from .champion import TAG_EPOCH, TAG_PUBLISHED
 from .models import LOGGED_MODEL_NAME, register_encoder
 from .package import write_encoder_package
 
@@ -22,10 +23,14 @@ def publish_encoder(
     uri: str,
     metrics: dict[str, Any],
     fingerprint: str,
+    epoch: int | None = None,
+    chosen: str = "last",
 ) -> dict[str, Any] | None:
-    """Write the encoder package of checkpoint ``state_dict``, log it to run ``run_id`` and, with
-    ``tracking.register``, register it scored by its first ``eval/`` metric (else the negated train
-    loss). Returns the registration (see ``register_encoder``), or ``None`` when not registered."""
+    """Write the encoder package of checkpoint ``state_dict`` (of ``epoch``, reported with ``metrics``),
+    log it to run ``run_id`` and, with ``tracking.register``, register it scored by its first
+    ``eval/`` metric (else the negated train loss), the version tagged with its epoch and how it was
+    ``chosen`` (``best`` by the monitor, or the ``last``). Returns the
+    registration (see ``register_encoder``), or ``None`` when not registered."""
     backbone = backbone_from_checkpoint(cfg, state_dict)
     eval_metrics = {k: float(v) for k, v in metrics.items() if k.startswith("eval/")}
     train_loss = float(metrics.get("train/loss", float("nan")))
@@ -51,6 +56,7 @@ def publish_encoder(
             metric=scored_as(cfg, metric),
             value=value,
             fingerprint=fingerprint,
+            tags={TAG_EPOCH: str(epoch), TAG_PUBLISHED: chosen} if epoch is not None else None,
         )
 
 

@@ -75,7 +75,7 @@ def close_trial_run(
     metrics = dict(client.get_run(row.run_id).data.metrics)
     with Checkpoint(ckpt).as_directory() as d:
         state = load_checkpoint(d)
-    out = publish_encoder(trial_cfg, state, row.run_id, uri, metrics, fingerprint)
+    out = publish_encoder(trial_cfg, state, row.run_id, uri, metrics, fingerprint, int(state["epoch"]))
     if register and out:
         client.set_tag(record.parent_run_id, TAG_REGISTERED, out["model_uri"])
     return out
