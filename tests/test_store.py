@@ -279,3 +279,23 @@ def test_loader_workers_are_bounded_by_the_cpus_of_the_worker(caplog):
         assert loader_workers(1, 4) == 1
     (note,) = caplog.records
     assert "data.num_workers=8" in note.getMessage() and "scaling.cpus_per_worker" in note.getMessage()
+
+
+def test_an_edited_label_is_noticed_and_preparing_again_rewrites_only_the_csv_copies(tmp_path, digits_root):
+    import shutil
+
+    root = tmp_path / "d"
+    shutil.copytree(digits_root, root)
+    prepare_here(tmp_path / "s", read_dataset(root), 16, 1, SOURCE)
+    lines = (root / "val.csv").read_text().splitlines()
+    path, label = lines[1].rsplit(",", 1)
+    lines[1] = f"{path},{(int(label) + 1) % 10}"  # the same image, another label
+    (root / "val.csv").write_text("\n".join(lines) + "\n")
+    parts = read_dataset(root)
+    with pytest.raises(StoreError, match=r"val.csv changed since .* \(only the CSV copies are rewritten\)"):
+        check_source(tmp_path / "s", read_index(tmp_path / "s"), parts)
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "s").glob("*.npy")}
+    prepare_here(tmp_path / "s", parts, 16, 1, SOURCE)
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "s").glob("*.npy")} == before
+    assert (tmp_path / "s" / "csv" / "val.csv").read_text() == (root / "val.csv").read_text()
+    check_source(tmp_path / "s", read_index(tmp_path / "s"), parts)
