@@ -16,11 +16,11 @@ from collections.abc import Sequence
 
 from moco_core.errors import UserError
 
-from . import config, data, encoders, evaluate, jobs, train, tune
+from . import config, data, embed, encoders, evaluate, jobs, train, tune
 from .codes import EXIT_FAIL, EXIT_INTERRUPTED, EXIT_OK
 from .options import tracking_uri_env
 
-COMMAND_GROUPS = (train, data, tune, evaluate, encoders, jobs, config)  # the order of `moco --help`
+COMMAND_GROUPS = (train, data, tune, evaluate, embed, encoders, jobs, config)  # the order of `moco --help`
 
 
 def build_parser() -> argparse.ArgumentParser:
