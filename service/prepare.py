@@ -107,7 +107,7 @@ def with_store(
         source = {"root": data.root, "splits_dir": data.splits_dir, "label_columns": data.label_columns}
         prepare_store(parts, store, size, data.channels, source, say, address)
     else:
-        check_source(store, read_index(store), parts, size, data.channels)
+        check_source(store, read_index(store), parts, size, data.channels, labels=is_uri(store))
     return cfg.model_copy(update={"data": data.model_copy(update={"store": absolute(store)})})
 
 

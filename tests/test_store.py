@@ -292,10 +292,11 @@ def test_an_edited_label_is_noticed_and_preparing_again_rewrites_only_the_csv_co
     lines[1] = f"{path},{(int(label) + 1) % 10}"  # the same image, another label
     (root / "val.csv").write_text("\n".join(lines) + "\n")
     parts = read_dataset(root)
+    check_source(tmp_path / "s", read_index(tmp_path / "s"), parts)  # labels read from the dataset: fine
     with pytest.raises(StoreError, match=r"val.csv changed since .* \(only the CSV copies are rewritten\)"):
-        check_source(tmp_path / "s", read_index(tmp_path / "s"), parts)
+        check_source(tmp_path / "s", read_index(tmp_path / "s"), parts, labels=True)  # from the store
     before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "s").glob("*.npy")}
     prepare_here(tmp_path / "s", parts, 16, 1, SOURCE)
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "s").glob("*.npy")} == before
     assert (tmp_path / "s" / "csv" / "val.csv").read_text() == (root / "val.csv").read_text()
-    check_source(tmp_path / "s", read_index(tmp_path / "s"), parts)
+    check_source(tmp_path / "s", read_index(tmp_path / "s"), parts, labels=True)

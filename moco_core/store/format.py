@@ -136,9 +136,12 @@ def check_source(
     parts: dict[str, Partition],
     size: int | None = None,
     channels: int | None = None,
+    labels: bool = False,
 ) -> None:
     """Refuse a store that was not prepared from these partitions (their fingerprints: paths and file
-    sizes) or, when ``size`` / ``channels`` are given, at another size or channel count."""
+    sizes) or, when ``size`` / ``channels`` are given, at another size or channel count; with
+    ``labels`` (the readers take the labels from the store's CSV copies: a store on object storage),
+    from other CSVs too."""
     root = index["source"]["root"]
     prepare = f"prepare it again: `moco data prepare {root} --out {store}`"
     if size is not None and index["size"] != size:
@@ -159,7 +162,7 @@ def check_source(
                 f"{have['fingerprint']}, the dataset now has {fp}: images added, removed or changed); "
                 f"{prepare}"
             )
-        if have.get("csv") not in (None, csv_digest(p)):
+        if labels and have.get("csv") not in (None, csv_digest(p)):
             raise StoreError(
                 f"{name}.csv changed since {store} was prepared (its labels or columns: the images are "
                 f"the same); {prepare} (only the CSV copies are rewritten)"
