@@ -191,10 +191,10 @@ def feature_dataset(
     address: str | None,
 ) -> Any:
     """The rows with ``feature`` (and ``_fault``) added by a pool of :class:`Embedder` actors."""
+    ensure_ray(address)  # [1] the local cluster, or the one named (before Ray is imported here)
     import ray
     import ray.data
 
-    ensure_ray(address)  # [1] the local cluster, or the one named
     quiet_ray_data_logs()
     gpus = int(ray.cluster_resources().get("GPU", 0))
     blocks = max(1, math.ceil(len(rows) / batch_size))

@@ -46,9 +46,9 @@ def prepare_store(
     work = begin(out, parts, size, channels, source, shard_bytes)
     if not work.jobs:
         return conclude(out, parts, work, [], [])
+    ensure_ray(address)  # before Ray is imported here: see ray_cluster.local_cluster_defaults
     import ray
 
-    ensure_ray(address)
     jobs = work.jobs
     total = sum(j.shard.count for j in jobs)
     if len(jobs) < work.shards:

@@ -6,7 +6,9 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 import time
+from typing import Any
 
 from moco_core.config import ScalingConfig
 from moco_core.errors import UserError
@@ -19,9 +21,11 @@ class ResourcesError(UserError, RuntimeError):
 def ensure_ray(address: str | None = None) -> bool:
     """Connect to (or start) the cluster once per process; ``True`` when it is named by an address
     (a cluster that may add nodes), ``False`` for this machine's own."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        local_cluster_defaults()
     import ray
 
-    address = address or os.environ.get("RAY_ADDRESS")
     if ray.is_initialized():
         return bool(address)
     if address:
@@ -29,6 +33,16 @@ def ensure_ray(address: str | None = None) -> bool:
     else:  # a local cluster; its dashboard (needed by Ray Train's state API) listens on loopback only
         ray.init(dashboard_host="127.0.0.1", log_to_driver=True, logging_level="WARNING")
     return bool(address)
+
+
+def local_cluster_defaults() -> None:
+    """For a cluster of this machine alone: token authentication, as Ray defaults to for a local
+    cluster, but chosen (so that Ray does not warn that it chose it; Ray reads the mode once, when
+    it is imported: left to Ray if it was imported already), and no preemption watcher (it watches
+    for cloud nodes being taken back; Ray Train passes the setting on to its controller)."""
+    if "ray" not in sys.modules:
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 
 
 def check_resources(scaling: ScalingConfig, remote: bool) -> None:
@@ -77,12 +91,29 @@ def describe(nodes: list[dict[str, float]]) -> str:
     return f"{cpus:g} CPUs and " + (f"{gpus:g} GPUs" if gpus else "no GPU")
 
 
-def quiet_ray_train_logs() -> None:
-    """Ray Train logs every report and checkpoint at INFO on each worker, and the driver echoes those
-    lines; the progress line says the same. Warnings and errors still show."""
+def train_logging() -> Any:
+    """Ray Train's own lines (worker group started, process group set up, every report) at INFO only
+    with ``moco -v``; its warnings and errors always show."""
+    from ray.train import LoggingConfig
+
+    verbose = logging.getLogger().isEnabledFor(logging.INFO)
+    return LoggingConfig(log_level="INFO" if verbose else "WARNING")
+
+
+def level_path_named_train_loggers(level: str) -> None:
+    """On a worker: the level ``LoggingConfig`` gives Ray Train's loggers, for those Ray names by
+    their file path (``logging.getLogger(__file__)``: "Reporting training result ..." at every report),
+    which its filter, matching names that start with ``ray.train``, misses."""
     for name in list(logging.root.manager.loggerDict):
-        if name.startswith("ray.train") or "/ray/train/" in name:
-            logging.getLogger(name).setLevel(logging.WARNING)
+        if "/ray/train/" in name:
+            logging.getLogger(name).setLevel(level)
 
 
-__all__ = ["ResourcesError", "ensure_ray", "check_resources", "workers_that_fit", "quiet_ray_train_logs"]
+__all__ = [
+    "ResourcesError",
+    "ensure_ray",
+    "check_resources",
+    "workers_that_fit",
+    "train_logging",
+    "level_path_named_train_loggers",
+]

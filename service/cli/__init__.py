@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from moco_core.errors import UserError
 
+from ..terminal import quiet_other_tools
 from . import config, data, embed, encoders, evaluate, jobs, train, tune
 from .codes import EXIT_FAIL, EXIT_INTERRUPTED, EXIT_OK
 from .options import tracking_uri_env
@@ -47,6 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(message)s"
     )
+    quiet_other_tools(args.verbose)
     try:
         with tracking_uri_env(args):  # --tracking-uri, on the commands that talk to MLflow
             return args.func(args)

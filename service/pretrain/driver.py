@@ -25,7 +25,7 @@ from .. import tracking
 from ..plots import log_run_plots
 from ..prepare import with_store
 from ..progress import ProgressPrinter, ProgressRelay
-from ..ray_cluster import check_resources, ensure_ray
+from ..ray_cluster import check_resources, ensure_ray, train_logging
 from ..records import RunRecord, storage_path_of, timestamped
 from ..registry.publish import publish_encoder
 from .epochs import SCORE_KEY
@@ -120,6 +120,7 @@ def build_trainer(
     from ray.train.torch import TorchTrainer
 
     gpu = {"GPU": 1} if cfg.scaling.use_gpu else {}
+    logging_config = train_logging()
     return TorchTrainer(
         train_fn_per_worker,
         train_loop_config={
@@ -127,6 +128,7 @@ def build_trainer(
             "mlflow_run_id": record.mlflow_run_id,
             "tracking_uri": record.tracking_uri,
             "progress_queue": progress_queue,
+            "log_level": logging_config.log_level,
         },
         scaling_config=ScalingConfig(
             num_workers=cfg.scaling.workers,
@@ -142,6 +144,7 @@ def build_trainer(
                 num_to_keep=2, checkpoint_score_attribute=SCORE_KEY, checkpoint_score_order="max"
             ),
             callbacks=callbacks or None,
+            logging_config=logging_config,
         ),
     )
 

@@ -14,7 +14,7 @@ from moco_core.config import ExperimentConfig
 from moco_core.engine import TrainState, build_train_state, fit
 from moco_core.pipeline import pretrain_loader, steps_per_epoch
 
-from ..ray_cluster import quiet_ray_train_logs
+from ..ray_cluster import level_path_named_train_loggers
 from .epochs import EpochHooks
 from .inputs import read_partitions
 
@@ -27,7 +27,7 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
-    quiet_ray_train_logs()
+    level_path_named_train_loggers(loop_config.get("log_level", "WARNING"))
     cfg = ExperimentConfig.model_validate(loop_config["experiment"])  # validated again on the worker
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()

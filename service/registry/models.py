@@ -123,8 +123,7 @@ def _log_version(
                     f"torch=={torch.__version__.split('+')[0]}",
                     f"mlflow=={mlflow.__version__}",
                 ],
-                registered_model_name=model_name,
-                tags=tags,  # on the LoggedModel and, set at creation, on the new model version
+                tags=tags,  # on the LoggedModel
                 # MLflow would reload the model through pyfunc only to *warn* on failure (~2 s); the
                 # tests load every registered version with mlflow.pytorch.load_model instead.
                 validate_serving_input=False,
@@ -134,11 +133,16 @@ def _log_version(
             f"logging the encoder of run {run_id} as an MLflow 'pt2' (torch.export) model failed, so it was "
             f"not registered as {model_name!r} (no pickle fallback): {type(e).__name__}: {e}"
         ) from e
-    if info.registered_model_version is None:
-        raise EncoderError(
-            f"MLflow logged the encoder of run {run_id} but created no version of {model_name!r}"
-        )
-    return int(info.registered_model_version)
+    # registered through the client, as mlflow.register_model would, without its lines on stderr
+    try:
+        client.create_registered_model(model_name)
+    except tracking.mlflow_errors() as e:
+        if e.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+            raise
+    mv = client.create_model_version(
+        model_name, source=info.model_uri, run_id=run_id, tags=tags, model_id=info.model_id
+    )
+    return int(mv.version)
 
 
 def _tag_version(client: Any, model_name: str, version: int, tags: dict[str, str]) -> None:
