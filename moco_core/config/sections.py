@@ -118,6 +118,10 @@ with warnings.catch_warnings():
         model_name: str | None = None  # default: moco-<name>
         # which epoch's encoder is published (logged, registered): the monitor's best, or the last
         publish: Literal["best", "last"] = "best"
+        # MLflow's system metrics of every worker (CPU, memory; GPU with nvidia-ml-py): the
+        # `system-metrics` extra
+        system_metrics: bool = False
+        system_metrics_every_s: float = Field(10.0, gt=0)
 
 
 class EvalConfig(Strict):

@@ -7,6 +7,7 @@ and its MLflow run -> ``TorchTrainer.fit`` -> plots -> encoder package -> regist
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import tempfile
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from moco_core.monitor import check_monitor
 from moco_core.pipeline import queue_size_warning
 
 from .. import tracking
+from ..lineage import log_training_data
 from ..plots import log_run_plots
 from ..prepare import with_store
 from ..progress import ProgressPrinter, ProgressRelay
@@ -77,7 +79,7 @@ def pretrain(
     if record is not None:
         record.mark("running")
     else:
-        record = new_run(cfg, uri, printer)
+        record = new_run(cfg, uri, printer, dataset_fingerprint(train_p))
     with ProgressRelay(printer) as relay:
         result = fit(lambda: build_trainer(cfg, record, progress_queue=relay.queue), cfg, record, printer)
     return finish(cfg, record, result, train_p)
@@ -86,6 +88,11 @@ def pretrain(
 def check_inputs(cfg: ExperimentConfig, printer: ProgressPrinter) -> Partition:
     """Dataset faults and a monitor label fraction that leaves a class empty stop here, before Ray
     starts; a queue as large as the data set is worth a warning. Returns the train partition."""
+    if cfg.tracking.system_metrics and importlib.util.find_spec("psutil") is None:
+        raise PretrainError(
+            "tracking.system_metrics needs psutil (and nvidia-ml-py for GPUs): "
+            "pip install 'moco-service[system-metrics]'"
+        )
     parts = read_partitions(cfg, check_files=True)
     check_monitor(cfg, parts)
     if warning := queue_size_warning(len(parts["train"]), cfg):
@@ -93,10 +100,11 @@ def check_inputs(cfg: ExperimentConfig, printer: ProgressPrinter) -> Partition:
     return parts["train"]
 
 
-def new_run(cfg: ExperimentConfig, uri: str, printer: ProgressPrinter) -> RunRecord:
-    """A new MLflow run and the record that finds it again."""
+def new_run(cfg: ExperimentConfig, uri: str, printer: ProgressPrinter, fingerprint: str) -> RunRecord:
+    """A new MLflow run, its training data as a dataset input, and the record that finds it again."""
     name = timestamped(cfg.name)
     run_id = tracking.start_run(uri, cfg, name, tags={"moco.ray_run_name": name})
+    log_training_data(uri, run_id, cfg, fingerprint)
     record = RunRecord(
         name=name,
         storage_path=storage_path_of(cfg),

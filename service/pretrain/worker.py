@@ -3,8 +3,10 @@ restore the latest checkpoint if any, and ``engine.fit`` with the hooks of :mod:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -45,19 +47,46 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
     if resumed:
         hooks.resumed()
     forward = wrap_model(state, cfg, world)
-    fit(
-        state,
-        loader,
-        cfg,
-        device,
-        forward=forward,
-        on_step=hooks.on_step,
-        on_epoch_end=hooks.on_epoch_end,
-        world_size=world,
-    )
+    with system_metrics(cfg, loop_config, rank, resumed):
+        fit(
+            state,
+            loader,
+            cfg,
+            device,
+            forward=forward,
+            on_step=hooks.on_step,
+            on_epoch_end=hooks.on_epoch_end,
+            world_size=world,
+        )
     check_queues_identical(state)
     if not hooks.close():
         log.error("some metrics could not be sent to MLflow %s", loop_config["tracking_uri"])
+
+
+@contextlib.contextmanager
+def system_metrics(
+    cfg: ExperimentConfig, loop_config: dict[str, Any], rank: int, resumed: bool
+) -> Iterator[None]:
+    """With ``tracking.system_metrics``: MLflow's system-metrics monitor of this worker's machine (CPU,
+    memory, disk, network; GPU utilisation and memory where ``nvidia-ml-py`` finds one) while it
+    trains, as ``system/worker_<rank>/...`` in the run."""
+    if not cfg.tracking.system_metrics:
+        yield
+        return
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(
+        loop_config["mlflow_run_id"],
+        sampling_interval=cfg.tracking.system_metrics_every_s,
+        node_id=f"worker_{rank}",
+        tracking_uri=loop_config["tracking_uri"],
+        resume_logging=resumed,
+    )
+    monitor.start()
+    try:
+        yield
+    finally:
+        monitor.finish()
 
 
 def restore(state: TrainState) -> bool:

@@ -46,7 +46,8 @@ def register_encoder(
     ``tags`` besides); alias
     ``champion`` moves to it iff the champion rule says so.
 
-    Returns ``{"name", "version", "champion", "previous_champion", "model_uri"}``.
+    Returns ``{"name", "version", "champion", "previous_champion", "model_uri", "model_id"}`` (the
+    version's LoggedModel).
     """
     uri = tracking.resolve_tracking_uri(uri)
     client = tracking.client(uri)
@@ -66,7 +67,7 @@ def register_encoder(
 
     for f in (ENCODER_JSON, WEIGHTS):  # the run's artifacts encoder/weights.pt, encoder/encoder.json
         client.log_artifact(run_id, str(folder / f), LOGGED_MODEL_NAME)
-    version = _log_version(uri, run, backbone, meta, folder, model_name, tags, input_example_size)
+    version, model_id = _log_version(uri, run, backbone, meta, folder, model_name, tags, input_example_size)
     _tag_version(client, model_name, version, tags)
     moved, previous = _move_champion(client, model_name, version, metric, float(value), fingerprint)
     return {
@@ -75,6 +76,7 @@ def register_encoder(
         "champion": moved,
         "previous_champion": previous,
         "model_uri": f"models:/{model_name}/{version}",
+        "model_id": model_id,
     }
 
 
@@ -87,8 +89,9 @@ def _log_version(
     model_name: str,
     tags: dict[str, str],
     input_example_size: tuple[int, int, int] | None,
-) -> int:
-    """A ``pt2`` LoggedModel attached to ``run``, registered as a new version of ``model_name``.
+) -> tuple[int, str]:
+    """A ``pt2`` LoggedModel attached to ``run``, registered as a new version of ``model_name``;
+    returns the version and the LoggedModel's id.
 
     The LoggedModel is created here, in the run's experiment, so that no fluent run state (global,
     thread-local) is touched; only ``log_model`` itself needs the fluent tracking URI.
@@ -133,16 +136,18 @@ def _log_version(
             f"logging the encoder of run {run_id} as an MLflow 'pt2' (torch.export) model failed, so it was "
             f"not registered as {model_name!r} (no pickle fallback): {type(e).__name__}: {e}"
         ) from e
-    # registered through the client, as mlflow.register_model would, without its lines on stderr
+    # registered through the client, as mlflow.register_model would, without its lines on stderr; the
+    # registry finds the LoggedModel of a models:/ source through the global tracking URI
     try:
         client.create_registered_model(model_name)
     except tracking.mlflow_errors() as e:
         if e.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
             raise
-    mv = client.create_model_version(
-        model_name, source=info.model_uri, run_id=run_id, tags=tags, model_id=info.model_id
-    )
-    return int(mv.version)
+    with tracking.fluent_uri(uri):
+        mv = client.create_model_version(
+            model_name, source=info.model_uri, run_id=run_id, tags=tags, model_id=info.model_id
+        )
+    return int(mv.version), info.model_id
 
 
 def _tag_version(client: Any, model_name: str, version: int, tags: dict[str, str]) -> None:

@@ -11,6 +11,7 @@ from moco_core.config import ExperimentConfig
 from moco_core.monitor import scored_as
 
 from .. import tracking
+from ..lineage import link_metrics
 from .champion import TAG_EPOCH, TAG_PUBLISHED
 from .models import LOGGED_MODEL_NAME, register_encoder
 from .package import write_encoder_package
@@ -48,7 +49,7 @@ def publish_encoder(
             return None
         metric = next(iter(eval_metrics), "train/neg_loss")
         value = eval_metrics.get(metric, -float(metrics.get("train/loss", float("inf"))))
-        return register_encoder(
+        registered = register_encoder(
             pkg,
             uri=uri,
             run_id=run_id,
@@ -58,6 +59,8 @@ def publish_encoder(
             fingerprint=fingerprint,
             tags={TAG_EPOCH: str(epoch), TAG_PUBLISHED: chosen} if epoch is not None else None,
         )
+    link_metrics(uri, run_id, registered["model_id"], metrics, cfg, fingerprint)
+    return registered
 
 
 __all__ = ["publish_encoder"]
