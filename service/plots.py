@@ -1,22 +1,13 @@
-"""Plots as MLflow artifacts: matplotlib without a screen, and the curves of a training run.
-
-The sweep's plots (:mod:`service.sweep.plots`) and the evaluation's (:mod:`service.evaluation.plots`)
-draw with the same :func:`pyplot`.
+"""Plots as MLflow artifacts: matplotlib without a screen. Only figures the MLflow UI cannot draw from
+the metrics (a run's loss, learning-rate and kNN curves it draws itself): the sweep's metric against T,
+K and m (:mod:`service.sweep.plots`), the evaluation's label-efficiency, ROC and retrieval figures
+(:mod:`service.evaluation.plots`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
-
-from . import tracking
-
-RUN_CURVES = [  # metric -> file under plots/
-    ("train/loss", "loss.png"),
-    ("train/lr", "lr.png"),
-    ("eval/knn_top1", "knn.png"),
-    ("eval/knn_auroc", "knn.png"),
-]
 
 
 def pyplot() -> Any:
@@ -38,28 +29,4 @@ def save(fig: Any, path: Path, dpi: int = 100) -> Path:
     return path
 
 
-def log_run_plots(uri: str, run_id: str, out_dir: str | Path) -> list[Path]:
-    """Loss, learning-rate and kNN curves of run ``run_id`` as PNG artifacts under ``plots/``."""
-    plt = pyplot()
-    store = tracking.client(uri)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    keys = list(store.get_run(run_id).data.metrics)
-    for key, fname in RUN_CURVES:
-        if key not in keys:
-            continue
-        hist = sorted(store.get_metric_history(run_id, key), key=lambda m: m.step)
-        fig, ax = plt.subplots(figsize=(6, 4))
-        ax.plot([m.step for m in hist], [m.value for m in hist], marker="o" if len(hist) < 50 else None)
-        ax.set_xlabel("step")
-        ax.set_ylabel(key)
-        ax.set_title(key)
-        ax.grid(alpha=0.3)
-        path = save(fig, out_dir / fname)
-        store.log_artifact(run_id, str(path), "plots")
-        written.append(path)
-    return written
-
-
-__all__ = ["pyplot", "save", "log_run_plots"]
+__all__ = ["pyplot", "save"]

@@ -75,7 +75,7 @@ def test_two_gloo_workers_learn_track_and_register(ray_cluster, digits_root, tmp
     for key in ("train/lr", "train/momentum", "train/images_per_s", "train/pos_logit", "train/neg_logit"):
         assert key in run.data.metrics
     artifacts = {a.path for a in client.list_artifacts(run_id)}
-    assert {"config.yaml", "encoder", "plots"} <= artifacts
+    assert {"config.yaml", "encoder"} <= artifacts and "plots" not in artifacts  # the UI draws the curves
 
     # learning: the contrastive loss on held-out images falls, and kNN with few labels beats a
     # random-init encoder. (The training loss itself rises at first, as the random initial queue fills

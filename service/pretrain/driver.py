@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from moco_core.checkpoint import load_checkpoint
@@ -24,7 +22,6 @@ from moco_core.pipeline import queue_size_warning
 
 from .. import tracking
 from ..lineage import log_training_data
-from ..plots import log_run_plots
 from ..prepare import with_store
 from ..progress import ProgressPrinter, ProgressRelay
 from ..ray_cluster import check_resources, ensure_ray, train_logging
@@ -172,15 +169,13 @@ def fit(make_trainer: Any, cfg: ExperimentConfig, record: RunRecord, printer: Pr
 
 
 def finish(cfg: ExperimentConfig, record: RunRecord, result: Any, train_p: Partition) -> PretrainResult:
-    """Plots, the encoder of the published checkpoint (packaged, logged, registered), the run finished."""
+    """The encoder of the published checkpoint (packaged, logged, registered), the run finished."""
     if result.checkpoint is None:
         raise PretrainError(f"run {record.name} finished without a checkpoint")
     checkpoint, published, chosen = published_checkpoint(cfg, result)
     with checkpoint.as_directory() as d:
         state = load_checkpoint(d)
     uri = record.tracking_uri
-    with tempfile.TemporaryDirectory() as tmp:
-        log_run_plots(uri, record.mlflow_run_id, Path(tmp) / "plots")
     fingerprint, epoch = dataset_fingerprint(train_p), int(state["epoch"])
     registered = publish_encoder(cfg, state, record.mlflow_run_id, uri, published, fingerprint, epoch, chosen)
     record.mark("finished")

@@ -14,7 +14,6 @@ from moco_core.config import ExperimentConfig, dump_yaml
 from moco_core.data import Partition, dataset_fingerprint
 
 from .. import tracking
-from ..plots import log_run_plots
 from ..records import RunRecord, SweepRecord
 from ..registry.publish import publish_encoder
 from .plots import sweep_plots
@@ -49,7 +48,7 @@ def finish(
 def close_trial_run(
     row: TrialRow, record: SweepRecord, register: bool, fingerprint: str, tmp: Path
 ) -> dict | None:
-    """A trial's child run: rank and status tags, MLflow status, plots, and its encoder (logged, or
+    """A trial's child run: rank and status tags, MLflow status, and its encoder (logged, or
     registered when ``register``); steps already done before a crash are not done again."""
     uri = record.tracking_uri
     client = tracking.client(uri)
@@ -57,8 +56,6 @@ def close_trial_run(
     client.set_tag(row.run_id, "moco.trial_rank", str(row.rank))
     tracking.set_status(uri, row.run_id, TRIAL_MLFLOW_STATUS[row.status])
     have = {a.path for a in client.list_artifacts(row.run_id)}
-    if "plots" not in have:
-        log_run_plots(uri, row.run_id, tmp / "plots")
     if register:
         previous = client.get_run(record.parent_run_id).data.tags.get(TAG_REGISTERED)
         if previous is not None:  # registered before a crash: not again
