@@ -79,6 +79,14 @@ def test_auroc_and_roc_curve_on_a_hand_checked_example():
     assert np.isnan(auroc(scores, np.ones(5)))  # one class: undefined, not 0 or 1
 
 
+def test_our_auroc_equals_scikit_learns_with_ties():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    scores, labels = rng.random(5000).round(2), rng.random(5000) < 0.2  # many ties
+    assert auroc(scores, labels) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+
+
 def test_auroc_on_a_binary_digits_task_matches_the_pair_count(digits_root):
     """Task "is it a 0" on the digits test partition. Scores: 1 for every 0 except the first ``k``
     zeros, which score 0 like the other digits. Each of those k positives ties with every negative,

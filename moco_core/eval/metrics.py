@@ -1,5 +1,5 @@
 """The test metrics by label kind: top-1 accuracy (multi-class), AUROC per label and their mean
-(binary, multi-label), ROC curves and a percentile bootstrap interval."""
+(binary, multi-label), ROC curves (scikit-learn's) and a percentile bootstrap interval."""
 
 from __future__ import annotations
 
@@ -20,10 +20,9 @@ def _average_ranks(x: np.ndarray) -> np.ndarray:
 
 
 def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Area under the ROC curve for one binary label (Mann-Whitney U, ties counted half).
-
-    Returns NaN when only one class is present.
-    """
+    """Area under the ROC curve for one binary label (Mann-Whitney U, ties counted half); NaN when
+    only one class is present. Our own, not ``sklearn.metrics.roc_auc_score`` (tested equal): 5x
+    faster at 20,000 scores, and the bootstrap computes it a thousand times (bench/RESULTS.md)."""
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     labels = np.asarray(labels).astype(bool).reshape(-1)
     n_pos, n_neg = int(labels.sum()), int((~labels).sum())
@@ -34,18 +33,15 @@ def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
 
 
 def roc_curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(false positive rate, true positive rate)`` at every distinct threshold, from (0, 0) to (1, 1).
+    """``(false positive rate, true positive rate)`` at every distinct threshold, from (0, 0) to (1, 1)
+    (``sklearn.metrics.roc_curve``, every threshold kept). The trapezoidal area under it equals
+    :func:`auroc`."""
+    from sklearn.metrics import roc_curve as sk_roc_curve
 
-    The trapezoidal area under it equals :func:`auroc`.
-    """
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     labels = np.asarray(labels).astype(bool).reshape(-1)
-    order = np.argsort(-scores, kind="mergesort")
-    s, y = scores[order], labels[order]
-    last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]  # last index of each run of equal scores
-    tp, fp = np.cumsum(y)[last], np.cumsum(~y)[last]
-    n_pos, n_neg = max(int(y.sum()), 1), max(int((~y).sum()), 1)
-    return np.r_[0.0, fp / n_neg], np.r_[0.0, tp / n_pos]
+    fpr, tpr, _ = sk_roc_curve(labels, scores, drop_intermediate=False)
+    return fpr, tpr
 
 
 def mean_auroc(scores: np.ndarray, labels: np.ndarray) -> float:
