@@ -37,7 +37,7 @@ from moco_core.data import PARTITIONS, DataError, Fault, Partition, read_dataset
 from moco_core.errors import UserError
 from moco_core.eval import nearest_neighbours
 from moco_core.files import write_atomic
-from moco_core.store import check_source, images_of, read_index
+from moco_core.store import check_source, images_of, read_index, store_partitions
 
 from . import registry, tracking
 from .evaluation.run import data_config
@@ -69,7 +69,7 @@ class EmbedResult:
 
 def embed(
     ref: str,
-    root: str | Path,
+    root: str | Path | None,
     out: str | Path,
     *,
     splits_dir: str | Path | None = None,
@@ -92,11 +92,13 @@ def embed(
         tracking.check_reachable(uri)  # models:/ and run references resolve against it
     with tempfile.TemporaryDirectory(prefix="moco-embed-") as tmp:
         backbone, meta = registry.read_encoder_package(registry.resolve_ref(ref, tmp, uri))
-    parts = read_partitions(root, splits_dir, label_columns, partition)
+    parts = read_partitions(root, splits_dir, label_columns, partition, store)
     total = sum(len(p) for p in parts.values())
     if neighbours >= total:
         raise EmbedError(f"--neighbours {neighbours}: the set has {total} images; ask for fewer than that")
-    if store is not None:  # any size will do: views are made at the encoder's size
+    if root is None:
+        root = store  # the partitions are the store's own
+    elif store is not None:  # any size will do: views are made at the encoder's size
         check_source(store, read_index(store), parts)
     rows, dim = rows_of(parts), int(backbone.feature_dim)
     say(f"embedding {total} images of {', '.join(parts)} with {ref} ({dim} features)")
@@ -116,15 +118,24 @@ def embed(
 
 
 def read_partitions(
-    root: str | Path, splits_dir: str | Path | None, label_columns: list[str] | None, partition: str
+    root: str | Path | None,
+    splits_dir: str | Path | None,
+    label_columns: list[str] | None,
+    partition: str,
+    store: str | Path | None = None,
 ) -> dict[str, Partition]:
-    """The partitions to embed, every file checked to exist: ``all`` is every partition with a CSV."""
-    if partition == "all":
-        parts = read_all(root, splits_dir, label_columns)
-    elif partition in PARTITIONS:
-        parts = read_dataset(root, splits_dir, label_columns, (partition,), check_files=True)
-    else:
+    """The partitions to embed, every file checked to exist: ``all`` is every partition with a CSV;
+    with no ``root``, the store's own partitions (its copies of the CSVs)."""
+    if partition != "all" and partition not in PARTITIONS:
         raise EmbedError(f"unknown partition {partition!r}; use one of {', '.join(PARTITIONS)} or all")
+    if root is None:
+        if store is None:
+            raise EmbedError("moco embed needs the dataset (--data ROOT) or a prepared store (--store)")
+        parts = store_partitions(store, label_columns, None if partition == "all" else [partition])
+    elif partition == "all":
+        parts = read_all(root, splits_dir, label_columns)
+    else:
+        parts = read_dataset(root, splits_dir, label_columns, (partition,), check_files=True)
     clash = [
         c for c in next(iter(parts.values())).label_names if c in (*COLUMNS, FEATURE, NEIGHBOURS, COSINE)
     ]

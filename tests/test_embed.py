@@ -215,3 +215,23 @@ def test_embed_is_a_command_with_the_shared_options():
         "all",
         0,
     )
+
+
+@pytest.mark.timeout(180)
+def test_a_store_alone_is_enough_and_gives_the_same_features(embedded):
+    """``--store`` without ``--data`` (a store on object storage, no dataset here): the store's own
+    partitions, the same rows and, from the same pixels, the same features."""
+    import pyarrow.parquet as pq
+
+    from moco_core.data import read_dataset
+    from moco_core.store import prepare_here
+
+    store = embedded.tmp / "store"
+    prepare_here(store, read_dataset(embedded.root), 16, 1, {"root": str(embedded.root)})
+    out = embedded.tmp / "from_store.parquet"
+    code, _, stderr = embed(str(embedded.enc), "--store", str(store), "--partition", "val", "--out", str(out))
+    assert code == EXIT_OK, stderr
+    got = pq.read_table(out).to_pandas()
+    want = pq.read_table(embedded.out).to_pandas().query("partition == 'val'").reset_index(drop=True)
+    assert got["Path"].tolist() == want["Path"].tolist() and got["row"].tolist() == want["row"].tolist()
+    assert np.allclose(np.stack(got["feature"]), np.stack(want["feature"]), atol=1e-5)

@@ -27,7 +27,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         metavar="REF",
         help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID, a run id, or an encoder folder",
     )
-    p.add_argument("--data", required=True, metavar="ROOT", help="dataset root (holds train/, val/, test/)")
+    p.add_argument(
+        "--data",
+        default=None,
+        metavar="ROOT",
+        help="dataset root (holds train/, val/, test/); may be left out with --store: the partitions are "
+        "then the store's copies of the CSVs",
+    )
     add_splits(p)
     p.add_argument(
         "--store",

@@ -8,7 +8,6 @@ and its MLflow run -> ``TorchTrainer.fit`` -> plots -> encoder package -> regist
 from __future__ import annotations
 
 import importlib.util
-import math
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -27,7 +26,7 @@ from ..progress import ProgressPrinter, ProgressRelay
 from ..ray_cluster import check_resources, ensure_ray, train_logging
 from ..records import RunRecord, storage_path_of, timestamped
 from ..registry.publish import publish_encoder
-from .epochs import SCORE_KEY
+from .epochs import SCORE_KEY, UNMEASURED
 from .failures import fault_of_the_run, fit_with_retries
 from .inputs import absolute_data_paths, read_partitions
 from .worker import train_fn_per_worker
@@ -203,7 +202,7 @@ def published_checkpoint(cfg: ExperimentConfig, result: Any) -> tuple[Any, dict[
     scored = [
         (float(m[SCORE_KEY]), m.get("step", 0), c, m)
         for c, m in (result.best_checkpoints or [])
-        if math.isfinite(float(m.get(SCORE_KEY, float("nan"))))
+        if float(m.get(SCORE_KEY, UNMEASURED)) > UNMEASURED
     ]
     if not scored:
         return last

@@ -19,9 +19,11 @@ from moco_core.monitor import KnnMonitor, can_monitor
 from ..progress import ProgressSender
 from .metrics import MetricLogger
 
-# reported with every checkpoint: the monitor's value measured at it (NaN where it was not measured:
-# mid-epoch, or no labelled val), so Ray Train keeps the best checkpoints besides the latest one
+# reported with every checkpoint: the monitor's value measured at it (a kNN top-1 or AUROC, in [0, 1]),
+# UNMEASURED where it was not (mid-epoch, no labelled val), so Ray Train keeps the best checkpoints
+# besides the latest one. Finite: Ray Train's snapshot, read back on a resume, keeps no NaN.
 SCORE_KEY = "monitor_score"
+UNMEASURED = -1.0
 
 
 class EpochHooks:
@@ -107,7 +109,7 @@ class EpochHooks:
         rank holds the same state)."""
         import ray.train
 
-        report = {SCORE_KEY: float("nan"), **report}
+        report = {SCORE_KEY: UNMEASURED, **report}
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if self.rank0:
@@ -120,4 +122,4 @@ class EpochHooks:
         return self.metrics is None or self.metrics.flush()
 
 
-__all__ = ["EpochHooks", "SCORE_KEY"]
+__all__ = ["EpochHooks", "SCORE_KEY", "UNMEASURED"]
