@@ -16,6 +16,7 @@ import yaml
 from pydantic import ValidationError
 
 from moco_core.config import ConfigError, dump_yaml, load_config
+from moco_core.data import dataset_fingerprint, read_dataset
 from service.cli import EXIT_FAIL, main
 
 from .conftest import REPO
@@ -243,6 +244,8 @@ def test_sweep_early_stops_tracks_and_registers_the_best(ray_cluster, digits_roo
         assert run.info.status == ("FINISHED" if t.status == "finished" else "KILLED")
         assert "encoder" in {a.path for a in client.list_artifacts(t.run_id)}  # every trial's package
         assert "tune.search" not in run.data.params  # a trial's config is a plain experiment
+        (data,) = client.get_run(t.run_id).inputs.dataset_inputs  # lineage: the training data, once
+        assert data.dataset.digest == dataset_fingerprint(read_dataset(digits_root)["train"])
 
     artifacts = {a.path for a in client.list_artifacts(result.parent_run_id)}
     assert {"trials.csv", "best_config.yaml", "plots", "config.yaml"} <= artifacts

@@ -14,6 +14,7 @@ from moco_core.config import ExperimentConfig, dump_yaml
 from moco_core.data import Partition, dataset_fingerprint
 
 from .. import tracking
+from ..lineage import log_training_data
 from ..records import RunRecord, SweepRecord
 from ..registry.publish import publish_encoder
 from .plots import sweep_plots
@@ -28,12 +29,16 @@ TRIAL_MLFLOW_STATUS = {"finished": "FINISHED", "early-stopped": "KILLED", "error
 def finish(
     rows: list[TrialRow], record: SweepRecord, cfg: ExperimentConfig, train_p: Partition
 ) -> dict[str, Any] | None:
-    """Close every child run (status, plots, encoder package), register the best finished trial's encoder
-    and write the parent run's summary. Safe to run again (after a crash here, ``--resume`` repeats it).
-    Returns the registration, if any."""
+    """Close every child run (status, dataset input, encoder package), register the best finished
+    trial's encoder and write the parent run's summary. Safe to run again (after a crash here,
+    ``--resume`` repeats it). Returns the registration, if any."""
     fingerprint = dataset_fingerprint(train_p)
     best = next(r for r in rows if r.status == "finished")
     registered = None
+    runs = [record.parent_run_id, *(r.run_id for r in rows if r.run_id is not None)]
+    for run_id in runs:  # the training data as each run's dataset input (once: finish may run again)
+        if not tracking.client(record.tracking_uri).get_run(run_id).inputs.dataset_inputs:
+            log_training_data(record.tracking_uri, run_id, cfg, fingerprint)
     with tempfile.TemporaryDirectory() as tmp:
         for row in rows:
             if row.run_id is None:
