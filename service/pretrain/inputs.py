@@ -7,7 +7,7 @@ from pathlib import Path
 
 from moco_core.config import ExperimentConfig
 from moco_core.data import Partition, read_dataset
-from moco_core.store import is_remote, read_index, store_partitions
+from moco_core.store import is_remote, store_partitions
 
 
 def absolute_data_paths(cfg: ExperimentConfig) -> ExperimentConfig:
@@ -28,9 +28,9 @@ def read_partitions(cfg: ExperimentConfig, check_files: bool) -> dict[str, Parti
     store's copies of the CSVs when the store is on object storage (the nodes need not see the
     dataset)."""
     store = cfg.data.store
-    if store and is_remote(store):
-        held = read_index(store)["partitions"]
-        return store_partitions(store, cfg.data.label_columns, [n for n in ("train", "val") if n in held])
+    if store and is_remote(store):  # every partition it holds (one read of its index), test left out
+        parts = store_partitions(store, cfg.data.label_columns)
+        return {n: p for n, p in parts.items() if n in ("train", "val")}
     csv_dir = Path(cfg.data.splits_dir or cfg.data.root)
     names = ("train", "val") if (csv_dir / "val.csv").is_file() else ("train",)
     return read_dataset(cfg.data.root, cfg.data.splits_dir, cfg.data.label_columns, names, check_files)

@@ -35,9 +35,10 @@ def finish(
     fingerprint = dataset_fingerprint(train_p)
     best = next(r for r in rows if r.status == "finished")
     registered = None
+    client = tracking.client(record.tracking_uri)
     runs = [record.parent_run_id, *(r.run_id for r in rows if r.run_id is not None)]
     for run_id in runs:  # the training data as each run's dataset input (once: finish may run again)
-        if not tracking.client(record.tracking_uri).get_run(run_id).inputs.dataset_inputs:
+        if not client.get_run(run_id).inputs.dataset_inputs:
             log_training_data(record.tracking_uri, run_id, cfg, fingerprint)
     with tempfile.TemporaryDirectory() as tmp:
         for row in rows:
