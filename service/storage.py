@@ -86,6 +86,27 @@ def exists(path: str) -> bool:
     return fs.get_file_info(inner).type != pyarrow.fs.FileType.NotFound
 
 
+def make_dir_exclusive(path: str) -> bool:
+    """Create folder ``path`` (parents included); ``False`` when it exists already. Exclusive on a file
+    system (one of two concurrent callers gets ``False``); object storage has no exclusive create, so
+    there it only checks first."""
+    if not is_uri(path):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            Path(path).mkdir()
+        except FileExistsError:
+            return False
+        return True
+    if exists(path):
+        return False
+    fs, inner = _fs(path)
+    try:
+        fs.create_dir(inner, recursive=True)
+    except OSError as e:
+        raise StorageError(f"cannot create {path}: {e}") from None
+    return True
+
+
 def list_dirs(path: str) -> list[str]:
     """Names of the folders directly under ``path`` (none when ``path`` does not exist)."""
     if not is_uri(path):
@@ -110,5 +131,6 @@ __all__ = [
     "write_text",
     "read_text",
     "exists",
+    "make_dir_exclusive",
     "list_dirs",
 ]

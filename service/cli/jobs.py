@@ -88,9 +88,16 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    cfg = load(args, scaling_overrides(args))
+    extra = scaling_overrides(args)
+    cfg = load(args, extra)
     job_id, client = submit(
-        cfg, args.address, tune=args.tune, code=args.code, tracking_uri=args.tracking_uri, resume=args.resume
+        cfg,
+        args.address,
+        tune=args.tune,
+        code=args.code,
+        tracking_uri=args.tracking_uri,
+        resume=args.resume,
+        overrides=[*args.overrides, *extra],
     )
     address = client._address
     print(f"submitted job {job_id} to {address}")

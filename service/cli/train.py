@@ -65,8 +65,10 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from ..pretrain import pretrain
 
-    cfg = load(args, scaling_overrides(args))
-    print_result(pretrain(cfg, resume=resume_of(args), address=args.ray_address))
+    extra = scaling_overrides(args)
+    cfg = load(args, extra)
+    overrides = [*args.overrides, *extra]
+    print_result(pretrain(cfg, resume=resume_of(args), address=args.ray_address, overrides=overrides))
     return EXIT_OK
 
 

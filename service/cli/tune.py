@@ -47,11 +47,13 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from ..sweep import SweepError, tune_sweep
     from ..sweep.report import format_result
 
-    cfg = load(args, [f"tune.num_samples={args.samples}"] if args.samples is not None else [])
+    extra = [f"tune.num_samples={args.samples}"] if args.samples is not None else []
+    cfg = load(args, extra)
     resume = resume_of(args)
     if not resume and cfg.tune is None:
         raise SweepError(
             f"{args.file} has no tune: section; see docs/tune.md (experiments/digits_tune.yaml is an example)"
         )
-    print(format_result(tune_sweep(cfg, resume=resume, address=args.ray_address)))
+    overrides = [*args.overrides, *extra]
+    print(format_result(tune_sweep(cfg, resume=resume, address=args.ray_address, overrides=overrides)))
     return EXIT_OK

@@ -1,7 +1,8 @@
 """``moco submit``: an experiment, validated here, handed to a remote Ray cluster as a job.
 
 The job carries the validated config (one YAML file, the job's ``working_dir``), the project code
-(``--code upload``: ``moco_core`` and ``service`` as ``py_modules``; ``--code image``: already installed
+(``--code upload``: the Python sources of ``moco_core`` and ``service``, and nothing else found there, as
+``py_modules``; ``--code image``: already installed
 in the cluster's image) and the entrypoint ``python -m service.cli pretrain experiment.yaml`` (or
 ``tune``). The job runs on the head node as the driver of an ordinary ``moco pretrain``: checkpoints go
 to ``run.storage_path`` (shared storage), metrics and the encoder to the MLflow tracking server.
@@ -12,6 +13,7 @@ from __future__ import annotations
 import os
 import secrets
 import shlex
+import shutil
 import tempfile
 from datetime import datetime
 from pathlib import Path
@@ -92,9 +94,13 @@ def package(
     code: str,
     tracking_uri: str,
     resume: str | None = None,
+    overrides: list[str] | None = None,
 ) -> tuple[str, dict]:
-    """Write the job's config into ``folder``; the entrypoint and the runtime environment. ``resume``:
-    ``""`` continues the latest unfinished run (sweep, with ``tune``) of the experiment, a name that one."""
+    """Write the job's config into ``folder`` (and, with ``--code upload``, the project's Python sources
+    beside it); the entrypoint and the runtime environment. ``resume``: ``""`` continues the latest
+    unfinished run (sweep, with ``tune``) of the experiment, a name that one; the ``overrides``
+    (``--set`` items) then travel with it, for the job to refuse those the recorded config does not
+    share."""
     cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"uri": tracking_uri})})
     folder.mkdir(parents=True, exist_ok=True)
     (folder / CONFIG_FILE).write_text(dump_yaml(cfg))
@@ -109,12 +115,25 @@ def package(
                 f"--code upload needs the project's source folders {', '.join(missing)} under {REPO}; "
                 "use --code image when the cluster's image has the project installed"
             )
-        runtime_env["py_modules"] = [str(REPO / p) for p in CODE_PACKAGES]
-        runtime_env["excludes"] = ["__pycache__", "*.pyc"]
+        code_dir = folder.parent / "code"
+        runtime_env["py_modules"] = [python_sources(REPO / p, code_dir / p) for p in CODE_PACKAGES]
     entrypoint = f"python -m service.cli {'tune' if tune else 'pretrain'} {CONFIG_FILE}"
     if resume is not None:  # `moco pretrain --resume [RUN]` / `moco tune --resume [SWEEP]`
         entrypoint += " --resume" + (f" {shlex.quote(resume)}" if resume else "")
+        entrypoint += "".join(f" --set {shlex.quote(o)}" for o in overrides or [])
     return entrypoint, runtime_env
+
+
+def python_sources(package: Path, dest: Path) -> str:
+    """A copy of ``package`` at ``dest`` holding its ``.py`` files only (a stray ``.env``, a cache or a
+    dataset under the source folder never travels to the cluster); returns ``dest``."""
+
+    def not_python(folder: str, names: list[str]) -> set[str]:
+        keep = {n for n in names if n.endswith(".py") or (Path(folder, n).is_dir() and n != "__pycache__")}
+        return set(names) - keep
+
+    shutil.copytree(package, dest, ignore=not_python)
+    return str(dest)
 
 
 def submit(
@@ -126,6 +145,7 @@ def submit(
     tracking_uri: str | None = None,
     token: str | None = None,
     resume: str | None = None,
+    overrides: list[str] | None = None,
 ) -> tuple[str, Any]:
     """Submit one experiment; returns ``(submission id, client)``. Everything that can be checked here
     (config, paths, tracking URI, cluster, token) is checked before the job exists."""
@@ -136,7 +156,7 @@ def submit(
     sub_id = f"moco-{cfg.name}-{datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
     with tempfile.TemporaryDirectory(prefix="moco-job-") as tmp:
         entrypoint, runtime_env = package(
-            cfg, Path(tmp) / "job", tune=tune, code=code, tracking_uri=uri, resume=resume
+            cfg, Path(tmp) / "job", tune=tune, code=code, tracking_uri=uri, resume=resume, overrides=overrides
         )
         metadata = {
             "moco_name": cfg.name,
@@ -153,4 +173,4 @@ def submit(
     return sub_id, client
 
 
-__all__ = ["submit", "package", "job_tracking_uri", "check_cluster_paths", "CONFIG_FILE"]
+__all__ = ["submit", "package", "python_sources", "job_tracking_uri", "check_cluster_paths", "CONFIG_FILE"]

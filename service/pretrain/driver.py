@@ -8,6 +8,7 @@ and its MLflow run -> ``TorchTrainer.fit`` -> plots -> encoder package -> regist
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -24,7 +25,7 @@ from ..lineage import log_training_data
 from ..prepare import with_store
 from ..progress import ProgressPrinter, ProgressRelay
 from ..ray_cluster import check_resources, ensure_ray, train_logging
-from ..records import RunRecord, storage_path_of, timestamped
+from ..records import RunRecord, storage_path_of
 from ..registry.publish import publish_encoder
 from .epochs import SCORE_KEY, UNMEASURED
 from .failures import fault_of_the_run, fit_with_retries
@@ -56,12 +57,17 @@ def pretrain(
     resume: bool | str = False,
     address: str | None = None,
     printer: ProgressPrinter | None = None,
+    overrides: Sequence[str] = (),
 ) -> PretrainResult:
     """Run (or, with ``resume``: the latest unfinished run of this experiment, or the one named, resume)
-    one pretraining run through Ray Train on the cluster at ``address``; returns where everything is."""
+    one pretraining run through Ray Train on the cluster at ``address``; returns where everything is.
+    ``overrides`` are the ``KEY=VALUE`` items ``cfg`` was given: with ``resume``, one the recorded config
+    does not share is refused (a resumed run continues as recorded)."""
     printer = printer or ProgressPrinter()
-    record = RunRecord.to_resume(storage_path_of(cfg), cfg.name, resume, PretrainError) if resume else None
-    if record is not None:
+    record = None
+    if resume:
+        record = RunRecord.to_resume(storage_path_of(cfg), cfg.name, resume, PretrainError, printer.message)
+        record.refuse_conflicts(absolute_data_paths(cfg), overrides, PretrainError)
         cfg = record.experiment()
         printer.message(
             f"resuming run {record.name} (MLflow run {record.mlflow_run_id}) from {record.folder}"
@@ -76,9 +82,9 @@ def pretrain(
         record.mark("running")
     else:
         record = new_run(cfg, uri, printer, dataset_fingerprint(train_p))
-    with ProgressRelay(printer) as relay:
+    with record.held(), ProgressRelay(printer) as relay:
         result = fit(lambda: build_trainer(cfg, record, progress_queue=relay.queue), cfg, record, printer)
-    return finish(cfg, record, result, train_p)
+        return finish(cfg, record, result, train_p)
 
 
 def check_inputs(cfg: ExperimentConfig, printer: ProgressPrinter) -> Partition:
@@ -97,8 +103,9 @@ def check_inputs(cfg: ExperimentConfig, printer: ProgressPrinter) -> Partition:
 
 
 def new_run(cfg: ExperimentConfig, uri: str, printer: ProgressPrinter, fingerprint: str) -> RunRecord:
-    """A new MLflow run, its training data as a dataset input, and the record that finds it again."""
-    name = timestamped(cfg.name)
+    """A new MLflow run, its training data as a dataset input, and the record that finds it again (its
+    folder, and so its name, reserved first)."""
+    name = RunRecord.reserve(storage_path_of(cfg), cfg.name)
     run_id = tracking.start_run(uri, cfg, name, tags={"moco.ray_run_name": name})
     log_training_data(uri, run_id, cfg, fingerprint)
     record = RunRecord(

@@ -12,6 +12,7 @@ MLflow: one parent run per sweep, one child run per trial (:mod:`.finish` closes
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -24,7 +25,7 @@ from ..prepare import with_store
 from ..pretrain.inputs import absolute_data_paths, read_partitions
 from ..progress import say
 from ..ray_cluster import check_resources, ensure_ray
-from ..records import SweepRecord, storage_path_of, timestamped
+from ..records import SweepRecord, storage_path_of
 from .finish import finish
 from .progress import SweepProgress
 from .report import TrialRow, collect
@@ -47,13 +48,20 @@ class SweepResult:
 
 
 def tune_sweep(
-    cfg: ExperimentConfig, *, resume: bool | str = False, address: str | None = None
+    cfg: ExperimentConfig,
+    *,
+    resume: bool | str = False,
+    address: str | None = None,
+    overrides: Sequence[str] = (),
 ) -> SweepResult:
     """Run (or, with ``resume``: the latest unfinished sweep of this experiment, or the one named,
     resume) the sweep of ``cfg.tune`` on the cluster at ``address``; returns the ranked trials and the
-    best trial's registration."""
-    record = SweepRecord.to_resume(storage_path_of(cfg), cfg.name, resume, SweepError) if resume else None
-    if record is not None:
+    best trial's registration. With ``resume``, an item of ``overrides`` (``KEY=VALUE``) the recorded
+    config does not share is refused."""
+    record = None
+    if resume:
+        record = SweepRecord.to_resume(storage_path_of(cfg), cfg.name, resume, SweepError, say)
+        record.refuse_conflicts(absolute_data_paths(cfg), overrides, SweepError)
         cfg = record.experiment()
         say(f"resuming sweep {record.name} (MLflow parent run {record.parent_run_id}) from {record.folder}")
     if cfg.tune is None:
@@ -79,7 +87,15 @@ def tune_sweep(
         record.mark("running")
     else:
         record = new_sweep(cfg, uri, metric)
-    results = fit(build_tuner(cfg, record, resume=bool(resume)), record)
+    with record.held():
+        results = fit(build_tuner(cfg, record, resume=bool(resume)), record)
+        return finish_sweep(results, record, cfg, parts, uri, metric)
+
+
+def finish_sweep(
+    results: Any, record: SweepRecord, cfg: ExperimentConfig, parts: dict, uri: str, metric: str
+) -> SweepResult:
+    """The trials ranked, the best one's encoder registered, the sweep finished."""
     rows = collect(results, record, cfg, list(cfg.tune.space.dims()))
     if not any(r.status == "finished" for r in rows):
         record.mark("failed")
@@ -104,7 +120,7 @@ def tune_sweep(
 def new_sweep(cfg: ExperimentConfig, uri: str, metric: str) -> SweepRecord:
     """A new MLflow parent run and the record that finds the sweep again."""
     assert cfg.tune is not None
-    name = timestamped(f"{cfg.name}-tune")
+    name = SweepRecord.reserve(storage_path_of(cfg), f"{cfg.name}-tune")
     mode = cfg.tune.resolved_mode(metric)
     parent = tracking.start_run(
         uri, cfg, name, tags={"moco.sweep": name, "moco.tune.metric": metric, "moco.tune.mode": mode}
