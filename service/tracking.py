@@ -21,7 +21,7 @@ from mlflow.entities import Param
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from moco_core.config import ExperimentConfig, dump_yaml
+from moco_core.config import ExperimentConfig, dump_yaml, tracking_uri_problem
 from moco_core.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,10 @@ def resolve_tracking_uri(cfg_uri: str | None, cwd: str | Path | None = None) -> 
 
     Local URIs (sqlite, plain paths) are made absolute, because Ray workers run in other directories.
     """
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or cfg_uri or f"sqlite:///{DEFAULT_URI_FILE}"
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    uri = env or cfg_uri or f"sqlite:///{DEFAULT_URI_FILE}"
+    if problem := tracking_uri_problem(uri):
+        raise TrackingError(f"{'MLFLOW_TRACKING_URI' if env else 'tracking.uri'} {problem}")
     base = Path(cwd or os.getcwd())
     if uri.startswith("sqlite:///"):
         path = uri[len("sqlite:///") :]

@@ -28,6 +28,7 @@ from .sections import (
     RunConfig,
     ScalingConfig,
     TrackingConfig,
+    tracking_uri_problem,
 )
 from .sweep import AshaConfig, SearchDim, TuneConfig, TuneSpace
 
@@ -52,6 +53,7 @@ __all__ = [
     "ScalingConfig",
     "RunConfig",
     "TrackingConfig",
+    "tracking_uri_problem",
     "EvalConfig",
     "TuneConfig",
     "TuneSpace",

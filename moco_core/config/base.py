@@ -14,7 +14,9 @@ class ConfigError(UserError, ValueError):
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    """Unknown keys are errors, and so is a float that is not finite (``.inf``, ``.nan``) in any field."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class Compact(Strict):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -21,11 +22,14 @@ from .sections import (
 )
 from .sweep import TuneConfig
 
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+NAME_MAX = 100  # a run folder is <name>-<timestamp>, a sweep's <name>-tune-<timestamp>; a name, moco-<name>
+
 
 class ExperimentConfig(Strict):
     """The whole experiment: one YAML file, validated once."""
 
-    name: str = Field("experiment", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    name: str = Field("experiment", max_length=NAME_MAX, pattern=NAME_PATTERN)
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     moco: MocoConfig = Field(default_factory=MocoConfig)
@@ -36,6 +40,21 @@ class ExperimentConfig(Strict):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     tune: TuneConfig | None = None  # the sweep of `moco tune`; ignored by `moco pretrain`
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _name_fits(cls, v: Any) -> Any:
+        """Said in words before the pattern and length checks: the name becomes folder names and the
+        registered model's name ``moco-<name>``."""
+        if isinstance(v, str):
+            why = "it names the run folders and the registered model moco-<name>"
+            if len(v) > NAME_MAX:
+                raise ValueError(f"{len(v)} characters, at most {NAME_MAX} ({why})")
+            if not re.match(NAME_PATTERN, v):
+                raise ValueError(
+                    f"{v!r}: letters, digits, '_', '.' and '-' only, starting with a letter or digit ({why})"
+                )
+        return v
 
     @field_validator("name")
     @classmethod

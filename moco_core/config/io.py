@@ -16,6 +16,38 @@ from .experiment import ExperimentConfig
 BASE_KEY = "base"  # top-level key of an experiment file: the file it extends, relative to itself
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping that names the same key twice (YAML would keep the last one, silently)."""
+
+    def __init__(self, key: Any, line: int, first: int) -> None:
+        super().__init__(f"duplicate key {key!r} at line {line} (first at line {first})")
+        self.key, self.line, self.first = key, line, first
+
+
+class _UniqueKeys(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (``<<:`` merges stay)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in seen:
+                    raise DuplicateKeyError(key, line, seen[key])
+                seen[key] = line
+            except TypeError:  # an unhashable key: the base constructor says so
+                break
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_yaml(text: str) -> Any:
+    """``yaml.safe_load``, except that a key given twice in a mapping is a ``DuplicateKeyError``."""
+    return yaml.load(text, Loader=_UniqueKeys)  # a SafeLoader: plain data only
+
+
 def parse_override(item: str) -> tuple[list[str], Any]:
     """``"moco.temperature=0.2"`` -> ``(["moco", "temperature"], 0.2)``; the value is parsed as YAML."""
     if "=" not in item:
@@ -25,7 +57,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if not key.strip() or any(not p for p in parts):
         raise ConfigError(f"--set {item!r}: empty key segment in {key!r}")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = parse_yaml(raw) if raw.strip() else None
     except yaml.YAMLError as e:
         raise ConfigError(f"--set {item!r}: value is not valid YAML: {e}") from e
     return parts, value
@@ -64,7 +96,21 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"experiment file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = e.object[: e.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} on line {line}); save the file as UTF-8"
+        ) from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the experiment file: {e.strerror or e}") from None
+    try:
+        raw = parse_yaml(text)
+    except DuplicateKeyError as e:
+        raise ConfigError(
+            f"{path} line {e.line}: key {e.key!r} is given twice in one mapping (first at line {e.first}); "
+            "YAML would keep only the last one: merge the two"
+        ) from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
     if raw is None:

@@ -5,6 +5,7 @@ Defaults live here and nowhere else.
 
 from __future__ import annotations
 
+import re
 import warnings
 from typing import Any, Literal
 
@@ -107,6 +108,17 @@ class RunConfig(Strict):
     max_steps_per_epoch: int | None = Field(None, ge=1)  # cap an epoch (quick trials)
 
 
+def tracking_uri_problem(uri: str) -> str | None:
+    """What is wrong with an MLflow tracking URI as written, or None. ``HOST:PORT`` without a scheme
+    (``localhost:5000``) is a folder of that name to MLflow, a local store, never the server."""
+    if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.-]*:\d+(/.*)?", uri.strip()):
+        return (
+            f"{uri!r} has no scheme, so MLflow would read it as a local folder of that name; "
+            f"did you mean http://{uri.strip()}?"
+        )
+    return None
+
+
 with warnings.catch_warnings():
     # ``register`` is the documented key; it shadows nothing pydantic uses on instances.
     warnings.filterwarnings("ignore", message='Field name "register"')
@@ -122,6 +134,13 @@ with warnings.catch_warnings():
         # `system-metrics` extra
         system_metrics: bool = False
         system_metrics_every_s: float = Field(10.0, gt=0)
+
+        @field_validator("uri")
+        @classmethod
+        def _uri_as_meant(cls, v: str | None) -> str | None:
+            if v is not None and (problem := tracking_uri_problem(v)):
+                raise ValueError(problem)
+            return v
 
 
 class EvalConfig(Strict):

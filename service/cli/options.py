@@ -14,7 +14,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-from moco_core.config import load_config
+from moco_core.config import load_config, tracking_uri_problem
 
 from ..recipes import find_experiment
 
@@ -103,8 +103,10 @@ def tracking_uri_env(args: argparse.Namespace) -> Iterator[None]:
     if not uri:
         yield
         return
-    from ..tracking import resolve_tracking_uri  # loads MLflow: only for a command that talks to it
+    from ..tracking import TrackingError, resolve_tracking_uri  # loads MLflow: only for such a command
 
+    if problem := tracking_uri_problem(uri):
+        raise TrackingError(f"--tracking-uri {problem}")
     saved = os.environ.get("MLFLOW_TRACKING_URI")
     os.environ["MLFLOW_TRACKING_URI"] = uri
     try:
