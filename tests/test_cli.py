@@ -43,8 +43,9 @@ def test_validate_lists_every_fault_and_exits_1(tmp_path, capsys):
     second.write_bytes(b"not a png")
     capsys.readouterr()
     assert main(["data", "validate", str(root)]) == EXIT_FAIL
-    out = capsys.readouterr().out
-    assert "2 problems" in out and first.name in out and second.name in out
+    err = capsys.readouterr().err
+    assert err.startswith("error: dataset ") and "Traceback" not in err
+    assert "2 problems" in err and first.name in err and second.name in err
 
 
 def test_pretrain_config_error_exits_1_before_ray(tmp_path, capsys):

@@ -9,7 +9,9 @@ Layout (kept exactly as the users' existing tooling writes it)::
 Each CSV has a ``Path`` column: the image path relative to that partition's folder (``a/b.png`` in
 ``train.csv`` means ``root/train/a/b.png``). Sub-folders are allowed; an absolute path or one that
 leaves the partition folder (``../x.png``, ``a/../../x.png``) is a fault. The check is lexical, so a
-symlink that the dataset's owner placed inside the folder is followed.
+symlink that the dataset's owner placed inside the folder is followed. A path holding a NUL byte, or a
+file or folder name of more than 255 bytes, is a fault too; so is a second row of the same image (the
+same path once normalised) with other labels, which names both CSV lines.
 
 Label columns are every other column, or exactly ``label_columns`` when given (``[]``: ignore labels).
 The label kind is decided from all partitions read together, so train/val/test agree on it and on the
@@ -26,7 +28,10 @@ class indices:
 * any other single column (ints or strings): ``"multiclass"``, classes = the sorted distinct values
   (integers sorted numerically).
 
-Empty label cells are faults. Every reader collects *all* faults before raising one ``DataError``.
+Empty label cells are faults, and so are the missing-value markers ``NA``, ``N/A``, ``#N/A``, ``NaN``
+and ``null`` (in any case): a missing label, never a class of its own (a ``NA`` in a 0/1 column would
+otherwise make it a three-class column). Every reader collects *all* faults before raising one
+``DataError``.
 """
 
 from .faults import DataError, Fault

@@ -15,6 +15,8 @@ from .faults import Fault
 
 LabelKind = Literal["none", "binary", "multilabel", "multiclass"]
 BINARY_MAJORITY = 0.9  # share of 0/1 values above which a single numeric column counts as binary
+# what spreadsheets and pandas write for a missing value: a missing label, never a class of its own
+MISSING = frozenset({"na", "n/a", "#n/a", "nan", "null"})
 
 
 @dataclass
@@ -48,7 +50,17 @@ def decide_kind(names: list[str], raws: list[RawPartition]) -> tuple[LabelKind, 
     for r, i, j, v in cells:
         if v == "":
             faults.append(Fault(r.name, r.rows[i], r.shown[i], f"empty label in column {names[j]}"))
-    cells = [c for c in cells if c[3] != ""]
+        elif v.lower() in MISSING:
+            faults.append(
+                Fault(
+                    r.name,
+                    r.rows[i],
+                    r.shown[i],
+                    f"missing label {v!r} in column {names[j]}: every row needs a label "
+                    "(fix the value or drop the row)",
+                )
+            )
+    cells = [c for c in cells if c[3] != "" and c[3].lower() not in MISSING]
     if not names:
         return "none", [], faults
     if len(names) > 1:
@@ -85,13 +97,14 @@ def decide_kind(names: list[str], raws: list[RawPartition]) -> tuple[LabelKind, 
     return "multiclass", _class_names(values), faults
 
 
-def _class_key(v: str) -> str:
+def label_key(v: str) -> str:
+    """What a label cell stands for: ``1``, ``1.0`` and ``01`` are the same label."""
     x = _num(v)
     return str(int(x)) if x is not None and x.is_integer() else v
 
 
 def _class_names(values: Iterable[str]) -> list[str]:
-    keys = {_class_key(v) for v in values}
+    keys = {label_key(v) for v in values}
     if all(_num(k) is not None for k in keys):
         return sorted(keys, key=lambda k: float(k))
     return sorted(keys)
@@ -102,10 +115,10 @@ def targets_of(raw: RawPartition, kind: LabelKind, classes: list[str]) -> np.nda
         return None
     if kind == "multiclass" and len(raw.label_names) == 1:
         index = {c: k for k, c in enumerate(classes)}
-        return np.array([index.get(_class_key(v[0]), -1) for v in raw.labels], dtype=np.int64)
+        return np.array([index.get(label_key(v[0]), -1) for v in raw.labels], dtype=np.int64)
     hot = np.array([[_num(x) == 1.0 for x in v] for v in raw.labels], dtype=np.float32)
     hot = hot.reshape(len(raw.labels), len(raw.label_names))
     return hot.argmax(axis=1).astype(np.int64) if kind == "multiclass" else hot
 
 
-__all__ = ["LabelKind", "RawPartition", "decide_kind", "targets_of"]
+__all__ = ["LabelKind", "RawPartition", "decide_kind", "label_key", "targets_of"]

@@ -13,7 +13,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 import numpy as np
 
 from .faults import DataError, Fault
-from .labels import LabelKind, RawPartition, decide_kind, targets_of
+from .labels import LabelKind, RawPartition, decide_kind, label_key, targets_of
 
 PARTITIONS = ("train", "val", "test")
 
@@ -54,9 +54,17 @@ def _locations(root: str | Path, splits_dir: str | Path | None) -> tuple[Path, P
     return r, (Path(splits_dir).expanduser().absolute() if splits_dir else r)
 
 
+NAME_MAX = 255  # bytes in one file or folder name (ext4, XFS, NTFS, APFS)
+
+
 def _path_problem(p: str) -> str | None:
     if not p:
         return "empty Path"
+    if "\0" in p:
+        return f"path {p!r} holds a NUL byte, which no file name can"
+    longest = max(len(c.encode()) for c in p.split("/"))
+    if longest > NAME_MAX:
+        return f"a name of {longest} bytes in the path: a file or folder name is at most {NAME_MAX}"
     if PurePosixPath(p).is_absolute() or PureWindowsPath(p).is_absolute() or PureWindowsPath(p).drive:
         return f"absolute path {p!r}: Path must be relative to the partition folder"
     norm = posixpath.normpath(p)
@@ -65,6 +73,10 @@ def _path_problem(p: str) -> str | None:
     if norm == ".":
         return f"path {p!r} names the partition folder itself, not an image"
     return None
+
+
+def _said(names: Sequence[str], values: Sequence[str]) -> str:
+    return ", ".join(f"{c}={v}" for c, v in zip(names, values))
 
 
 def _read_raw(
@@ -121,23 +133,41 @@ def _read_raw(
         check_files = False
     raw = RawPartition(name, folder, csv_path, names)
     ip, il = header.index("Path"), [header.index(c) for c in names]
+    first: dict[str, int] = {}  # normalised path -> its index in raw
     for line, rec in records[1:]:
         if len(rec) != len(header):
             fault(f"row has {len(rec)} fields, the header has {len(header)}", line)
             continue
         p = rec[ip].strip()
-        shown = f"{name}/{p}"
         problem = _path_problem(p)
-        norm = posixpath.normpath(p) if p else p
         if problem:
-            fault(problem, line, shown)
+            fault(problem, line, f"{name}/{p}" if p.isprintable() else None)
             continue
-        if check_files and not (folder / norm).is_file():
-            fault("file not found" if not (folder / norm).exists() else "not a file", line, shown)
+        shown, norm = f"{name}/{p}", posixpath.normpath(p)
+        if check_files:
+            try:
+                if not (folder / norm).is_file():
+                    fault("file not found" if not (folder / norm).exists() else "not a file", line, shown)
+            except OSError as e:  # a path too long for the system, a folder we may not enter
+                fault(f"cannot look at the file: {e.strerror or e}", line, shown)
+        labels = [rec[j].strip() for j in il]
+        if norm in first:
+            k = first[norm]
+            if [label_key(v) for v in labels] != [label_key(v) for v in raw.labels[k]]:
+                there = "" if raw.shown[k] == shown else f" ({raw.shown[k]})"
+                fault(
+                    f"line {raw.rows[k]}{there} lists the same image with other labels: "
+                    f"{_said(names, raw.labels[k])} there, {_said(names, labels)} here; "
+                    "keep one of the two rows",
+                    line,
+                    shown,
+                )
+        else:
+            first[norm] = len(raw.rows)
         raw.rows.append(line)
         raw.rel.append(norm)
         raw.shown.append(shown)
-        raw.labels.append([rec[j].strip() for j in il])
+        raw.labels.append(labels)
     return raw, faults
 
 

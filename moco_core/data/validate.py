@@ -26,16 +26,22 @@ class ValidationReport:
     def ok(self) -> bool:
         return not self.faults
 
-    def format(self) -> str:
+    @property
+    def where(self) -> str:
         where = f"dataset {self.summary['root']}"
         if self.summary.get("splits_dir") != self.summary["root"]:
             where += f" (CSVs in {self.summary['splits_dir']})"
+        return where
+
+    def error(self) -> DataError:
+        """Every fault as one ``DataError`` (what ``moco data validate`` ends with)."""
+        n = len(self.faults)
+        return DataError(self.faults, f"{self.where}: {n} problem{'s' if n != 1 else ''}")
+
+    def format(self) -> str:
         if self.faults:
-            n = len(self.faults)
-            return "\n".join(
-                [f"{where}: {n} problem{'s' if n != 1 else ''}:"] + [f"  {f}" for f in self.faults]
-            )
-        lines = [f"{where}: OK"]
+            return str(self.error())
+        lines = [f"{self.where}: OK"]
         for name in PARTITIONS:
             s = self.summary.get(name)
             if s is None:

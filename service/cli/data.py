@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .codes import EXIT_FAIL, EXIT_OK
+from .codes import EXIT_OK
 from .options import add_ray_address, add_splits, label_columns_of
 
 
@@ -93,8 +93,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     cols = label_columns_of(args)
     report = validate_dataset(args.root, args.splits_dir, cols, decode=not args.no_decode)
+    if not report.ok:  # every fault, as any command's error: on stderr, exit 1
+        raise report.error()
     print(report.format())
-    return EXIT_OK if report.ok else EXIT_FAIL
+    return EXIT_OK
 
 
 def cmd_index(args: argparse.Namespace) -> int:
