@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .augment import BatchViews, EvalView, draw_view, eval_box, normalization, recipe
-from .config import DataConfig, ExperimentConfig
+from .config import ConfigError, DataConfig, ExperimentConfig
 from .data import Partition
 from .store import images_of
 
@@ -139,6 +139,23 @@ def _loader_kwargs(num_workers: int, device: torch.device, persistent: bool) -> 
     return kw
 
 
+def check_batches(cfg: ExperimentConfig, partition: Partition, world_size: int | None = None) -> None:
+    """Each worker's share of ``partition`` holds at least one batch: the incomplete batch is dropped
+    (every rank must see the same batch size), so a smaller share would train on nothing. A
+    ``ConfigError`` names the partition, its size and the batch; drivers check it before Ray starts."""
+    w, n = world_size or cfg.scaling.workers, len(partition)
+    per_rank = cfg.optim.batch_size // w
+    if n // w >= per_rank:
+        return
+    share = f", {n // w} per worker of scaling.workers={w}" if w > 1 else ""
+    fix = f"lower optim.batch_size to at most {n // w * w}" if n // w >= 2 else "use fewer workers"
+    raise ConfigError(
+        f"partition {partition.name!r} ({partition.csv_path}) has {n} images{share}: fewer than one batch "
+        f"of {per_rank} (optim.batch_size={cfg.optim.batch_size}{f' / {w} workers' if w > 1 else ''}), "
+        f"and the incomplete batch is dropped; {fix}, or add images"
+    )
+
+
 def pretrain_loader(
     cfg: ExperimentConfig,
     partition: Partition,
@@ -152,12 +169,8 @@ def pretrain_loader(
     r = recipe(cfg.augment.recipe, data.image_size, data.channels)
     images = images_of(data, partition)
     per_rank = cfg.optim.batch_size // world_size
+    check_batches(cfg, partition, world_size)
     sampler = ShardSampler(len(images), rank, world_size, seed=cfg.run.seed)
-    if len(sampler) < per_rank:
-        raise ValueError(
-            f"partition {partition.name!r} has {len(images)} images: fewer than one batch of "
-            f"{per_rank} per worker; lower optim.batch_size"
-        )
     loader = DataLoader(
         PretrainSamples(images, r, seed=cfg.run.seed),
         batch_size=per_rank,
@@ -225,6 +238,7 @@ __all__ = [
     "EvalSamples",
     "DeviceBatches",
     "loader_workers",
+    "check_batches",
     "pretrain_loader",
     "eval_loader",
     "steps_per_epoch",

@@ -19,6 +19,7 @@ from typing import Any
 
 from moco_core.config import ExperimentConfig
 from moco_core.monitor import check_monitor
+from moco_core.pipeline import check_batches
 
 from .. import tracking
 from ..prepare import with_store
@@ -77,6 +78,7 @@ def tune_sweep(
     say(trial_plan(cfg.tune))
     cfg = absolute_data_paths(cfg)
     parts = read_partitions(cfg, check_files=True)  # dataset faults stop here, before Ray starts
+    check_batches(cfg, parts["train"])
     check_monitor(cfg, parts)
     metric = default_metric(cfg, parts)
     uri = record.tracking_uri if record is not None else tracking.resolve_tracking_uri(cfg.tracking.uri)
