@@ -35,11 +35,11 @@ class OutputFolderError(UserError, FileExistsError):
 
 def write_digits(out: str | Path, image_size: int = 32, seed: int = 0) -> dict[str, int]:
     """Write the digits dataset to ``out``; returns the number of images per partition."""
+    if not 8 <= image_size <= 1024:  # data.image_size's bounds: what the recipes and backbones take
+        raise UserError(f"--image-size must be between 8 and 1024, not {image_size}")
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
-    if not 8 <= image_size <= 1024:
-        raise UserError(f"--image-size must be between 8 and 1024, not {image_size}")
     out = Path(out).expanduser()
     if out.exists() and not out.is_dir():
         raise OutputFolderError(f"{out} exists and is not a folder; choose another output folder")

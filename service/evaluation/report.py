@@ -9,7 +9,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from moco_core.errors import UserError
+
 from ..storage import absolute, write_atomic
+from .choices import JSON_NAME
 
 
 def _finite(v: Any) -> Any:
@@ -82,6 +85,35 @@ def build_report(
             "mlflow": None,
         }
     )
+
+
+REPORT_KEYS = ("encoder", "data", "settings", "results")  # what tells a report of ours from any JSON
+
+
+def check_out(path: Path) -> None:
+    """Before any work: ``path`` can take the JSON report. A folder, a file in the way of its folder, or
+    a file that is not an earlier report (which a new evaluation replaces) is refused."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise UserError(
+            f"--out {path} is a folder; --out names the JSON file to write, e.g. --out {path / JSON_NAME}"
+        )
+    blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise UserError(f"--out {path}: {blocking} is a file, not a folder; choose another --out")
+    if path.is_file() and path.stat().st_size > 0 and not _is_report(path):
+        raise UserError(
+            f"--out {path} exists and is not a report of moco evaluate; refusing to overwrite it: "
+            "choose another --out (an earlier report is replaced)"
+        )
+
+
+def _is_report(path: Path) -> bool:
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(report, dict) and all(k in report for k in REPORT_KEYS)
 
 
 def write_json(path: Path, report: dict[str, Any]) -> Path:

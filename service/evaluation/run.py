@@ -39,7 +39,7 @@ from ..progress import say
 from ..storage import absolute
 from .choices import DEFAULT_PROTOCOLS
 from .mlflow_run import log_run
-from .report import build_report, write_json
+from .report import build_report, check_out, write_json
 
 
 def evaluate(
@@ -59,6 +59,8 @@ def evaluate(
 ) -> dict[str, Any]:
     """Run the evaluation; returns the report (also written to ``out`` and, if ``track``, to MLflow)."""
     settings = settings or ProtocolSettings()
+    if out is not None:
+        check_out(out)
     if root is None:  # the store's own partitions (a store on object storage, no dataset here)
         if store is None:
             raise UserError("moco evaluate needs the dataset (--data ROOT) or a prepared store (--store)")

@@ -49,7 +49,16 @@ def resolve_address(address: str | None) -> str:
     parts = urlsplit(address)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise JobsError(f"{source}={address!r}: expected http://HEAD:PORT, e.g. http://127.0.0.1:8265")
-    if parts.port is None:
+    try:
+        port = parts.port
+    except ValueError:  # not a number, or out of range
+        port = -1
+    if port is not None and not 1 <= port <= 65535:
+        raise JobsError(
+            f"{source}={address!r}: {parts.netloc.rpartition(':')[2]!r} is not a port (1-65535); "
+            f"expected http://HEAD:PORT, e.g. http://{parts.hostname}:{DEFAULT_DASHBOARD_PORT}"
+        )
+    if port is None:
         address = f"{parts.scheme}://{parts.netloc}:{DEFAULT_DASHBOARD_PORT}{parts.path}"
     return address
 
