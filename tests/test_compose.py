@@ -16,7 +16,7 @@ from .conftest import REPO
 DOCKER = REPO / "docker"
 COMPOSE = DOCKER / "compose.yaml"
 ENV_EXAMPLE = DOCKER / ".env.example"
-SERVICES = {"postgres", "minio", "buckets", "mlflow", "ray-head", "ray-worker"}
+SERVICES = {"check-env", "postgres", "minio", "buckets", "mlflow", "ray-head", "ray-worker"}
 
 
 def compose_config(*files: Path, env_file: Path) -> subprocess.CompletedProcess:
@@ -51,6 +51,21 @@ def test_compose_validates_with_the_services_and_health_checks(stack):
     assert "--address=ray-head:6379" in services["ray-worker"]["command"][0]
 
 
+def test_every_service_waits_for_the_secrets_check(stack):
+    """The one-shot check-env runs docker/check-env.py on every required variable of the env file, and no
+    other service starts unless it exits 0."""
+    services = stack["services"]
+    check = services["check-env"]
+    assert check["command"] == ["python", "/usr/local/bin/check-env.py"] and check["restart"] == "no"
+    assert check["image"] == services["mlflow"]["image"]  # the MLflow image: it has Python
+    assert "COPY check-env.py /usr/local/bin/check-env.py" in (DOCKER / "mlflow.Dockerfile").read_text()
+    required = set(re.findall(r"\$\{([A-Z_]+):\?", COMPOSE.read_text()))
+    assert set(check["environment"]) == required, required ^ set(check["environment"])
+    for name, service in services.items():
+        if name != "check-env":
+            assert service["depends_on"]["check-env"] == {"condition": "service_completed_successfully"}, name
+
+
 def test_compose_security_defaults(stack):
     services = stack["services"]
     published = [p for s in services.values() for p in s.get("ports", [])]
@@ -68,6 +83,8 @@ def test_compose_security_defaults(stack):
     assert "--artifacts-destination=s3://mlflow/" in mlflow["command"]
     assert mlflow["environment"]["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql+psycopg2://")
     assert mlflow["environment"]["MLFLOW_AUTH_ADMIN_PASSWORD"] == example["MLFLOW_ADMIN_PASSWORD"]
+    # basic auth does not start without a static Flask secret key (CSRF tokens), from the env file too
+    assert mlflow["environment"]["MLFLOW_FLASK_SERVER_SECRET_KEY"] == example["MLFLOW_FLASK_SECRET_KEY"]
 
 
 def test_compose_files_hold_no_secrets():
@@ -119,7 +136,8 @@ def test_dockerfiles():
         line.split("==") for line in (REPO / "constraints.txt").read_text().splitlines() if "==" in line
     )
     server = (DOCKER / "mlflow.Dockerfile").read_text()
-    assert f"mlflow=={pins['mlflow']}" in server and f"psycopg2-binary=={pins['psycopg2-binary']}" in server
+    for name in ("mlflow", "psycopg2-binary", "boto3", "Flask-WTF"):
+        assert f"{name}=={pins[name]}" in server, name
     assert ".venv" in (REPO / ".dockerignore").read_text().splitlines()
 
 
