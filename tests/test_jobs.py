@@ -8,12 +8,11 @@ the processes it started, never with ``ray stop`` (which stops every Ray cluster
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,7 @@ from service import jobs
 from service.cli import main
 
 from .conftest import REPO
+from .servers import PostgresUnavailable, free_ports, postgres, stop_tree
 
 pytestmark = pytest.mark.slow
 
@@ -39,73 +39,6 @@ CLEAN_ENV = (
     "RAY_AUTH_TOKEN_PATH",
     "MLFLOW_TRACKING_URI",
 )
-
-
-# ---------------------------------------------------------------------------------------------
-# processes: free ports, descendants, stopping what we started
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def _proc_table() -> dict[int, tuple[int, int]]:
-    """pid -> (ppid, session id), from /proc."""
-    table = {}
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            stat = (d / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        table[int(d.name)] = (int(fields[1]), int(fields[3]))
-    return table
-
-
-def tree_of(root: int) -> set[int]:
-    """``root``, every process of its session, and all their descendants (Ray workers set up their own
-    process groups, so a process-group kill alone would leave them)."""
-    table = _proc_table()
-    found = {root} | {pid for pid, (_, sid) in table.items() if sid == root}
-    grew = True
-    while grew:
-        kids = {pid for pid, (ppid, _) in table.items() if ppid in found} - found
-        found |= kids
-        grew = bool(kids)
-    return {p for p in found if p in table}
-
-
-def stop_tree(root: int, grace_s: float = 5.0) -> None:
-    pids = tree_of(root)
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline:
-            pids = {p for p in pids if Path(f"/proc/{p}").exists() and "(Z)" not in _state(p)}
-            if not pids:
-                return
-            time.sleep(0.2)
-
-
-def _state(pid: int) -> str:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return f"({stat[stat.rindex(')') + 2]})"
-    except OSError:
-        return "(Z)"
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -218,14 +151,6 @@ def ray_head():
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def _pg_bin() -> Path | None:
-    found = shutil.which("initdb")
-    if found:
-        return Path(found).resolve().parent
-    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-    return candidates[-1].parent if candidates else None
-
-
 class PgServer:
     uri: str | None = None
     artifacts: Path | None = None
@@ -237,87 +162,25 @@ def mlflow_on_postgres():
     """An MLflow tracking server (artifacts served by it) on a throwaway PostgreSQL cluster, both on
     127.0.0.1; ``uri`` is None and ``why_not`` says why where PostgreSQL is not available."""
     server = PgServer()
-    pg_bin = _pg_bin()
-    try:
-        import psycopg2  # noqa: F401 - the driver MLflow's SQLAlchemy store needs
-    except ImportError:
-        server.why_not = "psycopg2 is not installed (make installs it with the 'server' extra)"
-        yield server
-        return
-    if pg_bin is None:
-        server.why_not = (
-            "PostgreSQL server binaries (initdb, pg_ctl) not found; `make test` installs the "
-            "OS package postgresql where apt-get can"
-        )
-        yield server
-        return
-    user = None
-    if os.geteuid() == 0:  # postgres refuses to run as root
-        import pwd
-
+    with contextlib.ExitStack() as stack:
         try:
-            user = pwd.getpwnam("postgres")
-        except KeyError:
-            server.why_not = "running as root and there is no 'postgres' user to run PostgreSQL as"
+            pg = stack.enter_context(postgres(user="moco"))
+        except PostgresUnavailable as e:
+            server.why_not = str(e)
             yield server
             return
-    base = Path(tempfile.mkdtemp(prefix="mocopg-", dir="/tmp"))
-    password = secrets.token_hex(16)
-    (base / "pw").write_text(password)
-    if user is not None:
-        os.chown(base, user.pw_uid, user.pw_gid)
-        os.chown(base / "pw", user.pw_uid, user.pw_gid)
-    as_user = {"user": user.pw_uid, "group": user.pw_gid} if user is not None else {}
-    pg_port, ml_port = free_ports(2)
-    data = base / "data"
-    mlflow_proc = None
-    started = False
-    try:
-        subprocess.run(
-            [
-                str(pg_bin / "initdb"),
-                "-D",
-                str(data),
-                "-U",
-                "moco",
-                f"--pwfile={base / 'pw'}",
-                "--auth=scram-sha-256",
-                "-E",
-                "UTF8",
-                "--no-sync",
-            ],
-            check=True,
-            capture_output=True,
-            timeout=120,
-            cwd=base,
-            **as_user,
-        )
-        opts = f"-c listen_addresses=127.0.0.1 -p {pg_port} -c unix_socket_directories={base} -c fsync=off"
-        subprocess.run(
-            [str(pg_bin / "pg_ctl"), "-D", str(data), "-l", str(base / "pg.log"), "-o", opts, "-w", "start"],
-            check=True,
-            capture_output=True,
-            timeout=120,
-            cwd=base,
-            **as_user,
-        )
-        started = True
-        subprocess.run(
-            [str(pg_bin / "createdb"), "-h", "127.0.0.1", "-p", str(pg_port), "-U", "moco", "mlflow"],
-            check=True,
-            capture_output=True,
-            timeout=60,
-            env={**os.environ, "PGPASSWORD": password},
-        )
+        base = Path(tempfile.mkdtemp(prefix="mocoml-", dir="/tmp"))
+        stack.callback(shutil.rmtree, base, ignore_errors=True)
+        (ml_port,) = free_ports(1)
         artifacts = base / "artifacts"
         artifacts.mkdir()
-        ml_log = open(base / "mlflow.log", "w")
+        ml_log = stack.enter_context(open(base / "mlflow.log", "w"))
         mlflow_proc = subprocess.Popen(
             [
                 str(Path(sys.executable).parent / "mlflow"),
                 "server",
                 "--backend-store-uri",
-                f"postgresql+psycopg2://moco:{password}@127.0.0.1:{pg_port}/mlflow",
+                pg.uri(),
                 "--artifacts-destination",
                 str(artifacts),
                 "--host",
@@ -333,6 +196,7 @@ def mlflow_on_postgres():
             start_new_session=True,
             cwd=base,
         )
+        stack.callback(stop_tree, mlflow_proc.pid)
         uri = f"http://127.0.0.1:{ml_port}"
         deadline = time.monotonic() + 180
         while True:
@@ -348,18 +212,6 @@ def mlflow_on_postgres():
             time.sleep(0.5)
         server.uri, server.artifacts = uri, artifacts
         yield server
-    finally:
-        if mlflow_proc is not None:
-            stop_tree(mlflow_proc.pid)
-        if started:
-            subprocess.run(
-                [str(pg_bin / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"],
-                capture_output=True,
-                timeout=60,
-                cwd=base,
-                **as_user,
-            )
-        shutil.rmtree(base, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------
