@@ -85,11 +85,17 @@ class Record:
         """Write the record (atomically on a local folder; an object store replaces it whole)."""
         storage.write_text(storage.join(self.folder, self.FILE), json.dumps(asdict(self), indent=2))
 
-    def mark(self, status: str) -> None:
-        """Set ``status``, save the record and set the MLflow run's status to match."""
+    def mark(self, status: str) -> bool:
+        """Set ``status``, save the record and set the MLflow run's status to match; ``False`` when
+        MLflow could not be told (the record, which ``--resume`` reads, is saved all the same; a resume
+        sets the MLflow status again)."""
         self.status = status
         self.save()
-        tracking.set_status(self.tracking_uri, self.run_id, MLFLOW_STATUS[status])
+        try:
+            tracking.set_status(self.tracking_uri, self.run_id, MLFLOW_STATUS[status])
+        except Exception:  # noqa: BLE001 - MLflow unreachable: what failed is reported by the caller
+            return False
+        return True
 
     def is_live(self) -> bool:
         """Whether a driver holds this record now: it is running, its lease stands, and its process is

@@ -8,6 +8,7 @@ and its MLflow run -> ``TorchTrainer.fit`` -> plots -> encoder package -> regist
 from __future__ import annotations
 
 import importlib.util
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -18,7 +19,7 @@ from moco_core.config import ExperimentConfig
 from moco_core.data import Partition, dataset_fingerprint
 from moco_core.errors import UserError
 from moco_core.monitor import check_monitor
-from moco_core.pipeline import queue_size_warning
+from moco_core.pipeline import check_batches, queue_size_warning
 
 from .. import tracking
 from ..lineage import log_training_data
@@ -96,6 +97,7 @@ def check_inputs(cfg: ExperimentConfig, printer: ProgressPrinter) -> Partition:
             "pip install 'moco-service[system-metrics]'"
         )
     parts = read_partitions(cfg, check_files=True)
+    check_batches(cfg, parts["train"])
     check_monitor(cfg, parts)
     if warning := queue_size_warning(len(parts["train"]), cfg):
         printer.message(f"warning: {warning}")
@@ -140,6 +142,7 @@ def build_trainer(
             "tracking_uri": record.tracking_uri,
             "progress_queue": progress_queue,
             "log_level": logging_config.log_level,
+            "mlflow_env": mlflow_client_env(),
         },
         scaling_config=ScalingConfig(
             num_workers=cfg.scaling.workers,
@@ -158,6 +161,12 @@ def build_trainer(
             logging_config=logging_config,
         ),
     )
+
+
+def mlflow_client_env() -> dict[str, str]:
+    """The driver's MLflow client settings (``MLFLOW_HTTP_REQUEST_*``: timeout, retries, backoff) that
+    rank 0's metric logging uses too; a remote cluster's workers would not see them otherwise."""
+    return {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_HTTP_REQUEST_")}
 
 
 def fit(make_trainer: Any, cfg: ExperimentConfig, record: RunRecord, printer: ProgressPrinter) -> Any:
@@ -183,7 +192,19 @@ def finish(cfg: ExperimentConfig, record: RunRecord, result: Any, train_p: Parti
         state = load_checkpoint(d)
     uri = record.tracking_uri
     fingerprint, epoch = dataset_fingerprint(train_p), int(state["epoch"])
-    registered = publish_encoder(cfg, state, record.mlflow_run_id, uri, published, fingerprint, epoch, chosen)
+    try:
+        registered = publish_encoder(
+            cfg, state, record.mlflow_run_id, uri, published, fingerprint, epoch, chosen
+        )
+    except Exception as e:
+        told = record.mark("failed")
+        cause = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise PretrainError(
+            f"run {record.name} trained, but publishing its encoder to MLflow {uri} failed: {cause}\n"
+            f"The checkpoints are kept under {record.folder}"
+            + ("" if told else " (MLflow still shows the run as running)")
+            + f"; publish it (never a second version) with: moco pretrain FILE --resume {record.name}"
+        ) from e
     record.mark("finished")
     return PretrainResult(
         run_name=record.name,

@@ -119,7 +119,7 @@ class EpochHooks:
 
     def close(self) -> bool:
         """Send what is left; ``False`` when some metrics could not be sent."""
-        return self.metrics is None or self.metrics.flush()
+        return self.metrics is None or self.metrics.close()
 
 
 __all__ = ["EpochHooks", "SCORE_KEY", "UNMEASURED"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -30,6 +31,7 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
     import ray.train.torch
 
     level_path_named_train_loggers(loop_config.get("log_level", "WARNING"))
+    os.environ.update(loop_config.get("mlflow_env", {}))  # the driver's MLflow client settings
     cfg = ExperimentConfig.model_validate(loop_config["experiment"])  # validated again on the worker
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()

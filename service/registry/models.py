@@ -4,10 +4,16 @@
 a LoggedModel (``pt2`` / ``torch.export``, no pickle) that becomes a new version of a registered model,
 with the package in the model's ``extra_files/``. The version carries its score in tags; alias
 ``champion`` follows :func:`~service.registry.champion.champion_should_move`.
+
+Registering is idempotent per run (a publish retried after a failure finds the run's version and
+registers no second one), and the alias converges: after moving it, the registry is read again and the
+alias repaired to the best version comparable with the champion, so concurrent registrations, each
+deciding on what it read, cannot leave a worse version as champion.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -67,9 +73,16 @@ def register_encoder(
 
     for f in (ENCODER_JSON, WEIGHTS):  # the run's artifacts encoder/weights.pt, encoder/encoder.json
         client.log_artifact(run_id, str(folder / f), LOGGED_MODEL_NAME)
-    version, model_id = _log_version(uri, run, backbone, meta, folder, model_name, tags, input_example_size)
+    existing = version_of_run(client, model_name, run_id)  # a retried publish: no second version
+    if existing is not None:
+        version, model_id = int(existing.version), existing.model_id
+    else:
+        version, model_id = _log_version(
+            uri, run, backbone, meta, folder, model_name, tags, input_example_size
+        )
     _tag_version(client, model_name, version, tags)
-    moved, previous = _move_champion(client, model_name, version, metric, float(value), fingerprint)
+    _, previous = _move_champion(client, model_name, version, metric, float(value), fingerprint)
+    moved = repair_champion(client, model_name) == version
     return {
         "name": model_name,
         "version": version,
@@ -173,8 +186,52 @@ def _move_champion(
             current = None
     moved = champion_should_move(current, {"metric": metric, "value": value, "fingerprint": fingerprint})
     if moved:
-        client.set_registered_model_alias(model_name, CHAMPION, str(version))
+        set_champion(client, model_name, version)
     return moved, previous
+
+
+def set_champion(client: Any, model_name: str, version: int, tries: int = 5) -> None:
+    """Point alias ``champion`` at ``version``. Two concurrent writes of the alias can collide in the
+    store (a unique-key violation on a SQL backend): retried, as the other write is done by then."""
+    for attempt in range(tries):
+        try:
+            client.set_registered_model_alias(model_name, CHAMPION, str(version))
+            return
+        except tracking.mlflow_errors():
+            if attempt == tries - 1:
+                raise
+            time.sleep(0.1 * (attempt + 1))
+
+
+def version_of_run(client: Any, model_name: str, run_id: str) -> Any | None:
+    """The version of ``model_name`` registered from run ``run_id`` (the first, should there be more),
+    or ``None``."""
+    try:
+        client.get_registered_model(model_name)
+    except tracking.mlflow_errors():
+        return None
+    mine = [mv for mv in all_versions(client, model_name) if mv.run_id == run_id]
+    return min(mine, key=lambda mv: int(mv.version), default=None)
+
+
+def repair_champion(client: Any, model_name: str) -> int | None:
+    """Read the versions again and point alias ``champion`` at the best one comparable with the current
+    champion (same metric, same data; the older of a tie), repairing a move made on a stale read;
+    returns the champion's version."""
+    rm = client.get_registered_model(model_name)
+    if CHAMPION not in (rm.aliases or {}):
+        return None
+    current = int(rm.aliases[CHAMPION])
+    versions = {int(mv.version): version_score(mv) for mv in all_versions(client, model_name)}
+    if current not in versions:
+        return current
+    best = current
+    for version in sorted(versions):  # ascending: a tie keeps the older version
+        if champion_should_move(versions[best], versions[version]):
+            best = version
+    if best != current:
+        set_champion(client, model_name, best)
+    return best
 
 
 def all_versions(client: Any, name: str) -> list:
@@ -226,4 +283,11 @@ def list_encoders(uri: str | None = None) -> list[dict]:
     return out
 
 
-__all__ = ["LOGGED_MODEL_NAME", "register_encoder", "list_encoders", "all_versions"]
+__all__ = [
+    "LOGGED_MODEL_NAME",
+    "register_encoder",
+    "list_encoders",
+    "all_versions",
+    "version_of_run",
+    "repair_champion",
+]
