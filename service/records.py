@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import socket
 import threading
 import time
@@ -141,6 +142,29 @@ class Record:
             with lock, contextlib.suppress(Exception):
                 self.holder, self.lease_until = "", 0.0
                 self.save()
+
+    @contextlib.contextmanager
+    def stopped_by_signals(self) -> Iterator[None]:
+        """Ctrl-C or SIGTERM (``moco jobs stop``, a scheduler) while inside marks the record and its
+        MLflow run stopped (KILLED) at once, as a job's driver may be SIGKILLed seconds later, then
+        raises ``KeyboardInterrupt``; ``--resume`` continues the run. Only in the main thread."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def on_signal(signum: int, frame: Any) -> None:
+            for s in (signal.SIGINT, signal.SIGTERM):  # a second signal does not interrupt the marking
+                signal.signal(s, signal.SIG_IGN)
+            with contextlib.suppress(Exception):
+                self.mark("stopped")
+            raise KeyboardInterrupt
+
+        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
 
     def conflicts(self, cfg: ExperimentConfig, overrides: Sequence[str]) -> list[str]:
         """The ``KEY=VALUE`` items of ``overrides`` (``--set``, ``--workers``, ``--gpu``) that ``cfg`` took

@@ -320,6 +320,14 @@ def test_submit_train_track_pull_and_stop(ray_head, mlflow_on_postgres, digits_r
     listing = moco("jobs", "list", "--address", ray_head.address, env=env, cwd=tmp_path)
     assert re.search(rf"{short_id}\s+SUCCEEDED\s.*pretrain jobsdigits", listing.stdout), listing.stdout
     assert re.search(rf"{long_id}\s+STOPPED\s", listing.stdout), listing.stdout
+    # the stopped job's driver marked its run stopped, in its record and in MLflow (not left "running")
+    from mlflow.tracking import MlflowClient
+
+    (long_dir,) = [d for d in (tmp_path / "long-runs").iterdir() if d.name.startswith("jobslong-")]
+    assert '"status": "stopped"' in (long_dir / "moco_run.json").read_text()
+    long_ml = MlflowClient(f"sqlite:///{tmp_path / 'long.db'}")
+    (long_run,) = long_ml.search_runs([long_ml.get_experiment_by_name("moco").experiment_id])
+    assert long_run.info.status == "KILLED"
 
     # checkpoints and the run record on the (URI) storage path, not in the job's scratch folder
     run_dirs = [d for d in (tmp_path / "runs").iterdir() if d.name.startswith("jobsdigits-")]
@@ -327,8 +335,6 @@ def test_submit_train_track_pull_and_stop(ray_head, mlflow_on_postgres, digits_r
     assert '"status": "finished"' in (run_dirs[0] / "moco_run.json").read_text()
 
     # the run is in the tracking store, and the encoder comes back from it
-    from mlflow.tracking import MlflowClient
-
     ml = MlflowClient(uri)
     runs = ml.search_runs(
         [ml.get_experiment_by_name("moco").experiment_id], "tags.`moco.name` = 'jobsdigits'"

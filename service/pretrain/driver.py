@@ -83,9 +83,15 @@ def pretrain(
         record.mark("running")
     else:
         record = new_run(cfg, uri, printer, dataset_fingerprint(train_p))
-    with record.held(), ProgressRelay(printer) as relay:
-        result = fit(lambda: build_trainer(cfg, record, progress_queue=relay.queue), cfg, record, printer)
-        return finish(cfg, record, result, train_p)
+    try:
+        with record.held(), record.stopped_by_signals(), ProgressRelay(printer) as relay:
+            result = fit(lambda: build_trainer(cfg, record, progress_queue=relay.queue), cfg, record, printer)
+            return finish(cfg, record, result, train_p)
+    except KeyboardInterrupt:
+        printer.message(
+            f"run {record.name} stopped; continue it with: moco pretrain FILE --resume {record.name}"
+        )
+        raise
 
 
 def check_inputs(cfg: ExperimentConfig, printer: ProgressPrinter) -> Partition:

@@ -89,9 +89,13 @@ def tune_sweep(
         record.mark("running")
     else:
         record = new_sweep(cfg, uri, metric)
-    with record.held():
-        results = fit(build_tuner(cfg, record, resume=bool(resume)), record)
-        return finish_sweep(results, record, cfg, parts, uri, metric)
+    try:
+        with record.held(), record.stopped_by_signals():
+            results = fit(build_tuner(cfg, record, resume=bool(resume)), record)
+            return finish_sweep(results, record, cfg, parts, uri, metric)
+    except KeyboardInterrupt:
+        say(f"sweep {record.name} stopped; continue it with: moco tune FILE --resume {record.name}")
+        raise
 
 
 def finish_sweep(
