@@ -115,7 +115,29 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
     try:
         client(uri).search_experiments(max_results=1)
     except Exception as e:  # noqa: BLE001 - any store failure is reported with the URI, then re-raised
+        if problem := _credentials_problem(uri, e):
+            raise TrackingError(problem) from None
         raise TrackingError(f"MLflow tracking URI {uri} cannot be used: {type(e).__name__}: {e}") from e
+
+
+def _credentials_problem(uri: str, e: BaseException) -> str | None:
+    """What to do when an auth-protected server (``mlflow server --app-name basic-auth``) refused the
+    request: 401 (no or wrong user and password) or 403 (a user without permission); else None."""
+    code = getattr(e, "error_code", None)
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    if code == "UNAUTHENTICATED":
+        if user and os.environ.get("MLFLOW_TRACKING_PASSWORD"):
+            return (
+                f"MLflow tracking server {uri} refused user '{user}' and the password of "
+                "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (HTTP 401): check them"
+            )
+        return (
+            f"MLflow tracking server {uri} needs a user and password (HTTP 401): set "
+            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+        )
+    if code == "PERMISSION_DENIED":
+        return f"MLflow tracking server {uri}: user '{user}' may not read its experiments (HTTP 403)"
+    return None
 
 
 def default_artifact_location(uri: str) -> str | None:
