@@ -292,6 +292,9 @@ class RunRecord(Record):
     KIND: ClassVar[str] = "run"
 
     mlflow_run_id: str
+    # once training is over: the checkpoint to publish, the last one, their metrics (a publish that
+    # failed is retried from here, with no Ray cluster)
+    trained: dict[str, Any] | None = None
 
     @property
     def run_id(self) -> str:

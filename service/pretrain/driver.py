@@ -21,7 +21,7 @@ from moco_core.errors import UserError
 from moco_core.monitor import check_monitor
 from moco_core.pipeline import check_batches, queue_size_warning
 
-from .. import tracking
+from .. import storage, tracking
 from ..lineage import log_training_data
 from ..prepare import with_store
 from ..progress import ProgressPrinter, ProgressRelay
@@ -77,6 +77,10 @@ def pretrain(
     train_p = check_inputs(cfg, printer)
     uri = record.tracking_uri if record is not None else tracking.resolve_tracking_uri(cfg.tracking.uri)
     tracking.check_reachable(uri)  # an unreachable MLflow stops here too
+    if record is not None and record.trained is not None:  # trained; publishing failed: no Ray needed
+        record.mark("running")
+        with record.held():
+            return publish(cfg, record, train_p)
     cfg = with_store(cfg, printer.message, address)  # checked, or prepared (data.prepare: auto)
     check_resources(cfg.scaling, remote=ensure_ray(address))  # and workers the cluster cannot hold
     if record is not None:
@@ -86,7 +90,8 @@ def pretrain(
     try:
         with record.held(), record.stopped_by_signals(), ProgressRelay(printer) as relay:
             result = fit(lambda: build_trainer(cfg, record, progress_queue=relay.queue), cfg, record, printer)
-            return finish(cfg, record, result, train_p)
+            record_trained(cfg, record, result)
+            return publish(cfg, record, train_p)
     except KeyboardInterrupt:
         printer.message(
             f"run {record.name} stopped; continue it with: moco pretrain FILE --resume {record.name}"
@@ -189,14 +194,47 @@ def fit(make_trainer: Any, cfg: ExperimentConfig, record: RunRecord, printer: Pr
         ) from e
 
 
-def finish(cfg: ExperimentConfig, record: RunRecord, result: Any, train_p: Partition) -> PretrainResult:
-    """The encoder of the published checkpoint (packaged, logged, registered), the run finished."""
+def record_trained(cfg: ExperimentConfig, record: RunRecord, result: Any) -> None:
+    """Training is over: the checkpoint to publish (see :func:`published_checkpoint`), the last one and
+    their metrics go into the record, so that a publish that fails is retried with no Ray cluster."""
     if result.checkpoint is None:
         raise PretrainError(f"run {record.name} finished without a checkpoint")
     checkpoint, published, chosen = published_checkpoint(cfg, result)
-    with checkpoint.as_directory() as d:
+
+    def where(c: Any) -> str:  # a URI on object storage (Ray's path there has no scheme)
+        return storage.join(record.folder, c.path.rstrip("/").rsplit("/", 1)[-1])
+
+    record.trained = {
+        "checkpoint": where(checkpoint),
+        "metrics": json_safe(published),
+        "chosen": chosen,
+        "last_checkpoint": where(result.checkpoint),
+        "last_metrics": json_safe(dict(result.metrics or {})),
+    }
+    record.save()
+
+
+def json_safe(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The numbers (and strings) of reported ``metrics``, as JSON holds them."""
+    out: dict[str, Any] = {}
+    for k, v in metrics.items():
+        if isinstance(v, str | int):
+            out[k] = v
+        elif isinstance(v, float) or hasattr(v, "__float__"):
+            out[k] = float(v)
+    return out
+
+
+def publish(cfg: ExperimentConfig, record: RunRecord, train_p: Partition) -> PretrainResult:
+    """The encoder of the checkpoint the record names (packaged, logged, registered: never a second
+    version of one run), the run finished. A failure marks it failed and says how to retry."""
+    from ray.train import Checkpoint
+
+    trained = record.trained
+    assert trained is not None
+    with Checkpoint(trained["checkpoint"]).as_directory() as d:
         state = load_checkpoint(d)
-    uri = record.tracking_uri
+    uri, published, chosen = record.tracking_uri, trained["metrics"], trained["chosen"]
     fingerprint, epoch = dataset_fingerprint(train_p), int(state["epoch"])
     try:
         registered = publish_encoder(
@@ -217,12 +255,12 @@ def finish(cfg: ExperimentConfig, record: RunRecord, result: Any, train_p: Parti
         run_folder=str(record.folder),
         mlflow_run_id=record.mlflow_run_id,
         tracking_uri=uri,
-        metrics=dict(result.metrics or {}),
-        checkpoint_path=result.checkpoint.path,
+        metrics=dict(trained["last_metrics"]),
+        checkpoint_path=trained["last_checkpoint"],
         registered=registered,
         published_epoch=epoch,
         published_as=chosen,
-        published_checkpoint_path=checkpoint.path,
+        published_checkpoint_path=trained["checkpoint"],
     )
 
 
