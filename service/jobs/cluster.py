@@ -3,7 +3,8 @@
 The dashboard address comes from ``--address``, else ``RAY_API_SERVER_ADDRESS``, else ``RAY_ADDRESS``.
 When the cluster asks for a token (``RAY_AUTH_MODE=token`` on the cluster), the client sends the one in
 ``RAY_AUTH_TOKEN``, else in the file ``RAY_AUTH_TOKEN_PATH``, else in ``~/.ray/auth_token``; a cluster
-that does not ask for one is never sent one.
+that does not ask for one is never sent one (even where ``RAY_AUTH_MODE=token`` would make Ray's SDK add
+it to every request), and a token about to cross the network over plain ``http://`` is warned about.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -165,15 +167,33 @@ def jobs_client(address: str | None = None, token: str | None = None) -> Any:
                 f"the Ray cluster at {address} rejected the auth token (from RAY_AUTH_TOKEN, "
                 "RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token); use the token the cluster was started with"
             )
+        warn_clear_text(address)
     else:
         token = None  # never send a token to a cluster that does not ask for one
     from ray.job_submission import JobSubmissionClient
 
     _quiet_sdk_logs()
+    # Ray's SDK adds the token of this environment (RAY_AUTH_MODE=token) to every request unless the
+    # headers hold an Authorization of their own: an empty one keeps it from a cluster that did not ask
+    headers = _headers(token) or {"Authorization": ""}
     try:
-        return JobSubmissionClient(address, headers=_headers(token))
+        client = JobSubmissionClient(address, headers=headers)
     except (ConnectionError, RuntimeError) as e:
         raise JobsError(f"the Ray dashboard at {address} cannot be used: {e}") from None
+    if token is None:
+        client._headers.pop("Authorization", None)  # the SDK's own copy: later requests carry none
+    return client
+
+
+def warn_clear_text(address: str) -> None:
+    """A token sent over plain http:// beyond this machine can be read on the way: say so."""
+    if urlsplit(address).scheme == "http" and not is_loopback(address):
+        print(
+            f"warning: the Ray auth token goes to {address} in clear text (http://); reach the dashboard "
+            "through https:// (a TLS proxy) or an SSH tunnel (ssh -L 8265:localhost:8265 HEAD), see "
+            "docs/cluster.md",
+            file=sys.stderr,
+        )
 
 
 def _quiet_sdk_logs() -> None:
