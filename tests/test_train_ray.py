@@ -55,12 +55,11 @@ def _heldout_infonce(cfg, model_state) -> float:
     return float(F.cross_entropy(logits, torch.arange(len(val))))
 
 
-def test_two_gloo_workers_learn_track_and_register(ray_cluster, digits_root, tmp_path):
-    # the store is prepared on first use (Ray tasks), then read by both workers
-    overrides = ["scaling.workers=2", "optim.epochs=6", "data.prepare=auto", "eval.knn_every_epochs=0"]
-    cfg = small_config(digits_root, tmp_path, *overrides)  # the monitor at the end only
-    result = pretrain(cfg)  # the workers check at the end that every rank's queue is rank 0's
-    (store,) = (tmp_path / "runs" / "stores").iterdir()
+def test_two_gloo_workers_learn_track_and_register(digits_run):
+    # the session's digits run (conftest.DIGITS_RUN): the store is prepared on first use (Ray tasks),
+    # then read by both workers, which check at the end that every rank's queue is rank 0's
+    cfg, result = digits_run.cfg, digits_run.result
+    (store,) = (digits_run.tmp / "runs" / "stores").iterdir()
     assert (store / "store.json").is_file() and MlflowClient(result.tracking_uri).get_run(
         result.mlflow_run_id
     ).data.params["data.store"] == str(store)
@@ -71,7 +70,7 @@ def test_two_gloo_workers_learn_track_and_register(ray_cluster, digits_root, tmp
     assert run.info.status == "FINISHED"
     assert run.data.params["moco.temperature"] == "0.1" and run.data.params["scaling.workers"] == "2"
     steps = _steps(uri, run_id)
-    n = 6 * (1078 // 64)
+    n = 8 * (1078 // 64)
     assert steps == list(range(1, n + 1))  # every step once: no gap, no duplicate
     for key in ("train/lr", "train/momentum", "train/images_per_s", "train/pos_logit", "train/neg_logit"):
         assert key in run.data.metrics
