@@ -172,9 +172,6 @@ def test_resume_after_driver_crash_equals_uninterrupted_run(ray_cluster, digits_
         "moco.queue_size=50",
         "eval.knn_every_epochs=0",
     )
-    (tmp_path / "a").mkdir()
-    reference = pretrain(small_config(digits_root, tmp_path / "a", *common))
-
     b = tmp_path / "b"
     b.mkdir()
     cfg_b = small_config(digits_root, b, *common)
@@ -195,16 +192,19 @@ def test_resume_after_driver_crash_equals_uninterrupted_run(ray_cluster, digits_
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
-    deadline = time.monotonic() + 300
-    while (
-        not _checkpoint_registered(b / "runs", "epoch_00001")
-        and driver.poll() is None
-        and time.monotonic() < deadline
-    ):
-        time.sleep(0.2)
-    assert driver.poll() is None, driver.stdout.read().decode()[-3000:]
-    driver.send_signal(signal.SIGKILL)  # the driver dies mid-run
-    driver.wait()
+    alive_when_killed = []
+
+    def kill_driver():
+        alive_when_killed.append(driver.poll() is None)
+        driver.send_signal(signal.SIGKILL)  # the driver dies mid-run
+
+    killer = _kill_when_checkpointed(b / "runs", "epoch_00001", kill_driver)
+    # meanwhile, the uninterrupted reference run, on the same cluster (one CPU each)
+    (tmp_path / "a").mkdir()
+    reference = pretrain(small_config(digits_root, tmp_path / "a", *common))
+    killer.join(timeout=300)
+    assert alive_when_killed == [True], driver.stdout.read().decode()[-3000:]
+    driver.wait(timeout=60)
     record = RunRecord.load(next((b / "runs").glob("*/moco_run.json")).parent)
     assert record.status == "running"
     time.sleep(2)  # let Ray reap the dead driver's actors
