@@ -5,6 +5,7 @@ would ignore refused; and ``--code upload`` ships Python sources only. All befor
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -140,6 +141,39 @@ def test_resume_refuses_overrides_it_would_ignore(tmp_path, capsys):
         err
     )
     assert "data.root" not in err  # the same value as recorded
+
+
+def test_a_sweep_is_resumed_only_from_state_this_user_owns(tmp_path, capsys):
+    """Ray Tune unpickles a sweep's state on resume: a folder anyone may write, or another user's, is
+    refused before Ray starts."""
+    tune_yaml = REPO / "experiments" / "digits_tune.yaml"
+    cfg = load_config(tune_yaml, [f"run.storage_path={tmp_path}", "data.root=/nowhere"])
+    rec = SweepRecord(
+        name="digits-tune-20260101-000000",
+        storage_path=str(tmp_path),
+        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        config=cfg.model_dump(mode="json"),
+        status="failed",
+        parent_run_id="0" * 32,
+        metric="eval/knn_top1",
+        mode="max",
+    )
+    rec.save()
+    state = tmp_path / rec.name / "tuner.pkl"
+    state.write_bytes(b"not for unpickling")
+    args = ["tune", str(tune_yaml), "--set", f"run.storage_path={tmp_path}", "--resume"]
+
+    state.chmod(0o666)
+    capsys.readouterr()
+    assert main(args) == EXIT_FAIL
+    err = capsys.readouterr().err
+    assert f"refusing to resume from {state}: anyone may write it" in err and "Traceback" not in err, err
+    state.chmod(0o644)
+    if os.geteuid() != 0:
+        return  # giving a file to another user needs root
+    os.chown(state, 65534, -1)
+    assert main(args) == EXIT_FAIL
+    assert f"refusing to resume from {state}: it belongs to uid 65534" in capsys.readouterr().err
 
 
 def test_code_upload_ships_python_sources_only(tmp_path):

@@ -12,16 +12,19 @@ MLflow: one parent run per sweep, one child run per trial (:mod:`.finish` closes
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from moco_core.config import ExperimentConfig
 from moco_core.monitor import check_monitor
 from moco_core.pipeline import check_batches
 
-from .. import tracking
+from .. import storage, tracking
 from ..prepare import with_store
 from ..pretrain.inputs import absolute_data_paths, read_partitions
 from ..progress import say
@@ -63,6 +66,7 @@ def tune_sweep(
     if resume:
         record = SweepRecord.to_resume(storage_path_of(cfg), cfg.name, resume, SweepError, say)
         record.refuse_conflicts(absolute_data_paths(cfg), overrides, SweepError)
+        check_state_owned(record.folder)
         cfg = record.experiment()
         say(f"resuming sweep {record.name} (MLflow parent run {record.parent_run_id}) from {record.folder}")
     if cfg.tune is None:
@@ -121,6 +125,29 @@ def finish_sweep(
         trials=rows,
         registered=registered,
     )
+
+
+def check_state_owned(folder: str) -> None:
+    """Ray Tune restores a sweep from pickles in its folder (``tuner.pkl``, ``experiment_state-*.json``):
+    whoever can write them can run code as the user who resumes. On a file system the folder and those
+    files must belong to this user and not be writable by everyone; on object storage the bucket's
+    policy decides (docs/cluster.md)."""
+    if storage.is_uri(folder):
+        return
+    paths = [Path(folder), *(p for p in Path(folder).iterdir() if p.is_file())]
+    for path in paths:
+        st = path.lstat()
+        if st.st_uid != os.getuid():
+            raise SweepError(
+                f"refusing to resume from {path}: it belongs to uid {st.st_uid}, not to you (uid "
+                f"{os.getuid()}); Ray Tune's state there is unpickled on resume, so only state you own is "
+                "restored"
+            )
+        if st.st_mode & stat.S_IWOTH:
+            raise SweepError(
+                f"refusing to resume from {path}: anyone may write it (mode {stat.filemode(st.st_mode)}); "
+                f"Ray Tune's state there is unpickled on resume. If it is yours: chmod o-w {path}"
+            )
 
 
 def new_sweep(cfg: ExperimentConfig, uri: str, metric: str) -> SweepRecord:
