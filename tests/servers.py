@@ -75,6 +75,16 @@ def stop_tree(root: int, grace_s: float = 5.0) -> None:
             time.sleep(0.2)
 
 
+def environ_of(pid: int) -> dict[str, str]:
+    """The environment process ``pid`` started with ({} when it is gone)."""
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return {}
+    pairs = (item.split(b"=", 1) for item in raw.split(b"\0") if b"=" in item)
+    return {k.decode(errors="replace"): v.decode(errors="replace") for k, v in pairs}
+
+
 def _state(pid: int) -> str:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()

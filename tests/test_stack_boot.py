@@ -32,7 +32,7 @@ import yaml
 from service.cli import EXIT_FAIL, EXIT_OK, main
 
 from .conftest import REPO
-from .servers import PostgresUnavailable, free_ports, postgres, stop_tree
+from .servers import PostgresUnavailable, environ_of, free_ports, postgres, stop_tree, tree_of
 
 pytestmark = pytest.mark.slow
 
@@ -121,7 +121,6 @@ def stack(s3_endpoint, tmp_path_factory):
     env = generated_env()
     service = compose_service("mlflow", env)
     base = Path(tempfile.mkdtemp(prefix="mocostack-", dir="/tmp"))
-    proc = None
     try:
         with postgres(user="mlflow", db="mlflow", password=env["POSTGRES_PASSWORD"]) as pg:
             import boto3
@@ -184,22 +183,27 @@ def stack(s3_endpoint, tmp_path_factory):
                     start_new_session=True,
                     cwd=base / "home",
                 )
-            uri = f"http://127.0.0.1:{port}"
-            boot_s = wait_healthy(uri + "/health", proc, log_path, timeout_s=150)
-            yield SimpleNamespace(
-                uri=uri,
-                env=env,
-                user=env["MLFLOW_ADMIN_USER"],
-                password=env["MLFLOW_ADMIN_PASSWORD"],
-                s3=s3,
-                log=log_path,
-                boot_s=boot_s,
-            )
+            try:  # stopped before its PostgreSQL
+                uri = f"http://127.0.0.1:{port}"
+                boot_s = wait_healthy(uri + "/health", proc, log_path, timeout_s=150)
+                yield SimpleNamespace(
+                    uri=uri,
+                    env=env,
+                    user=env["MLFLOW_ADMIN_USER"],
+                    password=env["MLFLOW_ADMIN_PASSWORD"],
+                    s3=s3,
+                    log=log_path,
+                    boot_s=boot_s,
+                )
+            finally:
+                # the server's job queue lives in a folder of its own in /dev/shm, which it leaves behind
+                queues = {environ_of(pid).get("_MLFLOW_HUEY_STORAGE_PATH") for pid in tree_of(proc.pid)}
+                stop_tree(proc.pid, grace_s=1.0)  # a throwaway server: no graceful shutdown needed
+                for queue in queues - {None}:
+                    shutil.rmtree(queue, ignore_errors=True)
     except PostgresUnavailable as e:
         pytest.skip(f"the compose MLflow server needs PostgreSQL here: {e}")
     finally:
-        if proc is not None:
-            stop_tree(proc.pid)
         shutil.rmtree(base, ignore_errors=True)
 
 
@@ -236,11 +240,12 @@ def pretrained(stack, digits_root, tmp_path_factory):
         code = None
     finally:
         stop_tree(proc.pid)
+        own_cluster = (scratch / "ray").is_dir()
+        shutil.rmtree(scratch, ignore_errors=True)
     took = time.monotonic() - start
     out = log_path.read_text()
     assert code == 0, f"moco pretrain exited {code}:\n{out[-4000:]}\nserver:\n{stack.log.read_text()[-2000:]}"
-    assert (scratch / "ray").is_dir(), "the run did not start its own Ray cluster"
-    shutil.rmtree(scratch, ignore_errors=True)
+    assert own_cluster, "the run did not start its own Ray cluster"
     return SimpleNamespace(out=out, took=took, tmp=tmp)
 
 
