@@ -159,6 +159,21 @@ ROWS = {
         lambda t: ["MLFLOW_TRACKING_URI 'mlflow.internal:5000'", "did you mean http://mlflow.internal:5000"],
         env={"MLFLOW_TRACKING_URI": "mlflow.internal:5000"},
     ),
+    "a password in tracking.uri": Row(
+        lambda t: [
+            "pretrain",
+            DIGITS,
+            "--set",
+            "tracking.uri=http://bob:s3cret@mlflow.internal:5000",
+            "--set",
+            f"run.storage_path={t}/runs",
+        ],
+        lambda t: ["tracking.uri", "holds a user or password", "MLFLOW_TRACKING_PASSWORD"],
+    ),
+    "a password in --tracking-uri": Row(
+        lambda t: ["encoders", "list", "--tracking-uri", "postgresql://mlflow:s3cret@db:5432/mlflow"],
+        lambda t: ["--tracking-uri", "postgresql://db:5432", "PGPASSWORD"],
+    ),
     "a partition smaller than one batch": Row(
         lambda t: ["tune", DIGITS_TUNE, "--set", f"data.root={tiny_dataset(t)}", *run_files(t)],
         lambda t: ["partition 'train'", str(t / "data" / "train.csv"), "has 4 images", "one batch of 64"],
@@ -187,7 +202,7 @@ def test_bad_input_is_one_error_line(row: Row, tmp_path, capsys, monkeypatch):
     code = main(argv)
     err = capsys.readouterr().err
     assert code == EXIT_FAIL, err
-    assert "Traceback" not in err
+    assert "Traceback" not in err and "s3cret" not in err  # a password given is never repeated
     errors = [i for i, line in enumerate(err.splitlines()) if line.startswith("error: ")]
     assert len(errors) == 1, err
     message = "\n".join(err.splitlines()[errors[0] :])

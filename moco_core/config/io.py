@@ -9,6 +9,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from ..secrets import without_credentials
 from .base import ConfigError
 from .dotted import deepcopy, merge, set_in
 from .experiment import ExperimentConfig
@@ -59,7 +60,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     try:
         value = parse_yaml(raw) if raw.strip() else None
     except yaml.YAMLError as e:
-        raise ConfigError(f"--set {item!r}: value is not valid YAML: {e}") from e
+        raise ConfigError(without_credentials(f"--set {item!r}: value is not valid YAML: {e}")) from e
     return parts, value
 
 
@@ -73,7 +74,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...])
 
 
 def format_validation_error(err: ValidationError, source: str) -> str:
-    lines = [f"invalid configuration in {source}:"]
+    lines = [f"invalid configuration in {without_credentials(source)}:"]
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = e["msg"].removeprefix("Value error, ")
