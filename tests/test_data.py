@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import pickle
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from moco_core.data import (
     load_image,
     read_dataset,
     read_partition,
+    scoring_fingerprint,
     validate_dataset,
 )
 from moco_core.digits import write_digits
@@ -120,6 +122,21 @@ def test_splits_dir_apart_from_images(tmp_path, monkeypatch):
     # without splits_dir the CSVs are looked for in root and are missing
     faults = _faults(root)
     assert len(faults) == 3 and all("not found" in f.message for f in faults)
+
+
+def test_scoring_fingerprint_tracks_every_partition_and_the_labels(tmp_path):
+    """A score (the kNN monitor: train's labels voting for val) compares with another only on the same
+    images and labels: any partition's images, or one label, changes the scoring fingerprint."""
+    root = make_dataset(tmp_path)
+    parts = read_dataset(root, partitions=("train", "val"))
+    fp = scoring_fingerprint(parts)
+    assert len(fp) == 16 and fp == scoring_fingerprint(read_dataset(root, partitions=("train", "val")))
+    assert fp != scoring_fingerprint({"train": parts["train"]})
+    relabelled = {**parts, "val": replace(parts["val"], targets=1 - parts["val"].targets)}
+    assert scoring_fingerprint(relabelled) != fp  # the same images, other labels
+    assert dataset_fingerprint(relabelled["val"]) == dataset_fingerprint(parts["val"])
+    _png(root / "val" / FILES["val"][0], seed=99, size=(30, 30))  # a val image changed
+    assert scoring_fingerprint(parts) != fp
 
 
 def test_dataset_fingerprint_tracks_paths_and_sizes(tmp_path):

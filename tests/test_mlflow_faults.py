@@ -176,7 +176,8 @@ def test_champion_converges_to_the_best_comparable_version(tmp_path):
     def register(version: int, value: float) -> None:
         try:
             start.wait()
-            _move_champion(client, "moco-champ", version, "eval/knn_top1", value, "fp")
+            score = {"metric": "eval/knn_top1", "value": value, "fingerprint": "fp", "scored_on": None}
+            _move_champion(client, "moco-champ", version, score)
             repair_champion(client, "moco-champ")
         except BaseException as e:  # noqa: BLE001 - reported below
             errors.append(e)

@@ -88,8 +88,8 @@ def test_write_refuses_a_backbone_that_does_not_match_the_config(tmp_path):
     assert not (tmp_path / "pkg" / WEIGHTS).exists()
 
 
-def _score(value: float, metric: str = METRIC, fingerprint: str = FP) -> dict:
-    return {"metric": metric, "value": value, "fingerprint": fingerprint}
+def _score(value: float, metric: str = METRIC, fingerprint: str = FP, scored_on: str | None = None) -> dict:
+    return {"metric": metric, "value": value, "fingerprint": fingerprint, "scored_on": scored_on}
 
 
 @pytest.mark.parametrize(
@@ -103,6 +103,9 @@ def _score(value: float, metric: str = METRIC, fingerprint: str = FP) -> dict:
         (_score(0.5), _score(0.9, fingerprint="sha256:other"), False),  # other data
         (_score(float("nan")), _score(0.1), True),  # an unscored champion is displaced
         (_score(0.5), _score(float("nan")), False),  # an unscored candidate never wins
+        (_score(0.5, scored_on="a"), _score(0.9, scored_on="b"), False),  # other labels or val images
+        (_score(0.5, scored_on="a"), _score(0.9, scored_on="a"), True),
+        (_score(0.5), _score(0.9, scored_on="a"), True),  # a champion registered before scored_on existed
     ],
     ids=[
         "none",
@@ -113,6 +116,9 @@ def _score(value: float, metric: str = METRIC, fingerprint: str = FP) -> dict:
         "other-fingerprint",
         "nan-current",
         "nan-candidate",
+        "other-scoring-data",
+        "same-scoring-data",
+        "champion-without-scored-on",
     ],
 )
 def test_champion_rule(current, candidate, moves):

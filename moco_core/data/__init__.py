@@ -37,7 +37,14 @@ otherwise make it a three-class column). Every reader collects *all* faults befo
 from .faults import DataError, Fault
 from .images import decode, load_image, squashed
 from .labels import LabelKind
-from .partitions import PARTITIONS, Partition, dataset_fingerprint, read_dataset, read_partition
+from .partitions import (
+    PARTITIONS,
+    Partition,
+    dataset_fingerprint,
+    read_dataset,
+    read_partition,
+    scoring_fingerprint,
+)
 from .validate import ValidationReport, validate_dataset
 
 __all__ = [
@@ -54,4 +61,5 @@ __all__ = [
     "ValidationReport",
     "validate_dataset",
     "dataset_fingerprint",
+    "scoring_fingerprint",
 ]

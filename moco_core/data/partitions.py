@@ -6,7 +6,7 @@ import csv
 import hashlib
 import os
 import posixpath
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
@@ -277,6 +277,19 @@ def dataset_fingerprint(partition: Partition) -> str:
     return files_fingerprint([n for n, _ in pairs], [p for _, p in pairs])
 
 
+def scoring_fingerprint(parts: Mapping[str, Partition]) -> str:
+    """What a score measured on ``parts`` (the kNN monitor: train's labels voting for val's images)
+    depends on: each partition's images (``dataset_fingerprint``) and its labels (columns, classes,
+    every row's target), sha256 hex[:16]. Two scores compare only when it is the same."""
+    h = hashlib.sha256()
+    for name in sorted(parts):
+        p = parts[name]
+        h.update(f"{name}\0{dataset_fingerprint(p)}\0{p.label_names}\0{p.classes}\n".encode())
+        if p.targets is not None:
+            h.update(np.ascontiguousarray(p.targets).tobytes())
+    return h.hexdigest()[:16]
+
+
 __all__ = [
     "PARTITIONS",
     "Partition",
@@ -284,4 +297,5 @@ __all__ = [
     "read_partition",
     "files_fingerprint",
     "dataset_fingerprint",
+    "scoring_fingerprint",
 ]

@@ -16,7 +16,7 @@ from typing import Any
 
 from moco_core.checkpoint import load_checkpoint
 from moco_core.config import ExperimentConfig
-from moco_core.data import Partition, dataset_fingerprint
+from moco_core.data import Partition, dataset_fingerprint, scoring_fingerprint
 from moco_core.errors import UserError
 from moco_core.monitor import check_monitor
 from moco_core.pipeline import check_batches, queue_size_warning
@@ -74,13 +74,14 @@ def pretrain(
             f"resuming run {record.name} (MLflow run {record.mlflow_run_id}) from {record.folder}"
         )
     cfg = absolute_data_paths(cfg)
-    train_p = check_inputs(cfg, printer)
+    parts = check_inputs(cfg, printer)
+    train_p = parts["train"]
     uri = record.tracking_uri if record is not None else tracking.resolve_tracking_uri(cfg.tracking.uri)
     tracking.check_reachable(uri)  # an unreachable MLflow stops here too
     if record is not None and record.trained is not None:  # trained; publishing failed: no Ray needed
         record.mark("running")
         with record.held():
-            return publish(cfg, record, train_p)
+            return publish(cfg, record, parts)
     cfg = with_store(cfg, printer.message, address)  # checked, or prepared (data.prepare: auto)
     check_resources(cfg.scaling, remote=ensure_ray(address))  # and workers the cluster cannot hold
     if record is not None:
@@ -91,7 +92,7 @@ def pretrain(
         with record.held(), record.stopped_by_signals(), ProgressRelay(printer) as relay:
             result = fit(lambda: build_trainer(cfg, record, progress_queue=relay.queue), cfg, record, printer)
             record_trained(cfg, record, result)
-            return publish(cfg, record, train_p)
+            return publish(cfg, record, parts)
     except KeyboardInterrupt:
         printer.message(
             f"run {record.name} stopped; continue it with: moco pretrain FILE --resume {record.name}"
@@ -99,9 +100,10 @@ def pretrain(
         raise
 
 
-def check_inputs(cfg: ExperimentConfig, printer: ProgressPrinter) -> Partition:
+def check_inputs(cfg: ExperimentConfig, printer: ProgressPrinter) -> dict[str, Partition]:
     """Dataset faults and a monitor label fraction that leaves a class empty stop here, before Ray
-    starts; a queue as large as the data set is worth a warning. Returns the train partition."""
+    starts; a queue as large as the data set is worth a warning. Returns the partitions read (train,
+    and val for the monitor)."""
     if cfg.tracking.system_metrics and importlib.util.find_spec("psutil") is None:
         raise PretrainError(
             "tracking.system_metrics needs psutil (and nvidia-ml-py for GPUs): "
@@ -112,7 +114,7 @@ def check_inputs(cfg: ExperimentConfig, printer: ProgressPrinter) -> Partition:
     check_monitor(cfg, parts)
     if warning := queue_size_warning(len(parts["train"]), cfg):
         printer.message(f"warning: {warning}")
-    return parts["train"]
+    return parts
 
 
 def new_run(cfg: ExperimentConfig, uri: str, printer: ProgressPrinter, fingerprint: str) -> RunRecord:
@@ -225,7 +227,7 @@ def json_safe(metrics: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def publish(cfg: ExperimentConfig, record: RunRecord, train_p: Partition) -> PretrainResult:
+def publish(cfg: ExperimentConfig, record: RunRecord, parts: dict[str, Partition]) -> PretrainResult:
     """The encoder of the checkpoint the record names (packaged, logged, registered: never a second
     version of one run), the run finished. A failure marks it failed and says how to retry."""
     from ray.train import Checkpoint
@@ -235,10 +237,18 @@ def publish(cfg: ExperimentConfig, record: RunRecord, train_p: Partition) -> Pre
     with Checkpoint(trained["checkpoint"]).as_directory() as d:
         state = load_checkpoint(d)
     uri, published, chosen = record.tracking_uri, trained["metrics"], trained["chosen"]
-    fingerprint, epoch = dataset_fingerprint(train_p), int(state["epoch"])
+    fingerprint, epoch = dataset_fingerprint(parts["train"]), int(state["epoch"])
     try:
         registered = publish_encoder(
-            cfg, state, record.mlflow_run_id, uri, published, fingerprint, epoch, chosen
+            cfg,
+            state,
+            record.mlflow_run_id,
+            uri,
+            published,
+            fingerprint,
+            epoch,
+            chosen,
+            scored_on=scoring_fingerprint(parts),
         )
     except Exception as e:
         told = record.mark("failed")

@@ -25,6 +25,7 @@ from .champion import (
     CHAMPION,
     TAG_FINGERPRINT,
     TAG_METRIC,
+    TAG_SCORED_ON,
     TAG_SOURCE_RUN,
     TAG_VALUE,
     champion_should_move,
@@ -46,6 +47,7 @@ def register_encoder(
     uri: str | None = None,
     input_example_size: tuple[int, int, int] | None = None,
     tags: dict[str, str] | None = None,
+    scored_on: str | None = None,
 ) -> dict[str, Any]:
     """Log the package to run ``run_id`` of the store at ``uri`` (default: the project's) and register it
     as a new version of ``model_name``, scored ``metric = value`` on data ``fingerprint`` (and tagged
@@ -69,6 +71,7 @@ def register_encoder(
         TAG_VALUE: repr(float(value)),
         TAG_FINGERPRINT: fingerprint,
         TAG_SOURCE_RUN: run_id,
+        **({TAG_SCORED_ON: scored_on} if scored_on else {}),
     }
 
     for f in (ENCODER_JSON, WEIGHTS):  # the run's artifacts encoder/weights.pt, encoder/encoder.json
@@ -81,7 +84,8 @@ def register_encoder(
             uri, run, backbone, meta, folder, model_name, tags, input_example_size
         )
     _tag_version(client, model_name, version, tags)
-    _, previous = _move_champion(client, model_name, version, metric, float(value), fingerprint)
+    score = {"metric": metric, "value": float(value), "fingerprint": fingerprint, "scored_on": scored_on}
+    _, previous = _move_champion(client, model_name, version, score)
     moved = repair_champion(client, model_name) == version
     return {
         "name": model_name,
@@ -172,7 +176,7 @@ def _tag_version(client: Any, model_name: str, version: int, tags: dict[str, str
 
 
 def _move_champion(
-    client: Any, model_name: str, version: int, metric: str, value: float, fingerprint: str
+    client: Any, model_name: str, version: int, score: dict[str, Any]
 ) -> tuple[bool, int | None]:
     """Move alias ``champion`` to ``version`` when it beats the current one; ``(moved, previous)``."""
     previous: int | None = None
@@ -184,7 +188,7 @@ def _move_champion(
             current = version_score(client.get_model_version(model_name, str(previous)))
         except tracking.mlflow_errors():  # the alias points at a deleted version: no champion to beat
             current = None
-    moved = champion_should_move(current, {"metric": metric, "value": value, "fingerprint": fingerprint})
+    moved = champion_should_move(current, score)
     if moved:
         set_champion(client, model_name, version)
     return moved, previous

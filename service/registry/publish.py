@@ -26,11 +26,13 @@ def publish_encoder(
     fingerprint: str,
     epoch: int | None = None,
     chosen: str = "last",
+    scored_on: str | None = None,
 ) -> dict[str, Any] | None:
     """Write the encoder package of checkpoint ``state_dict`` (of ``epoch``, reported with ``metrics``),
     log it to run ``run_id`` and, with ``tracking.register``, register it scored by its first
     ``eval/`` metric (else the negated train loss), the version tagged with its epoch and how it was
-    ``chosen`` (``best`` by the monitor, or the ``last``). Returns the
+    ``chosen`` (``best`` by the monitor, or the ``last``), and what the score was measured on
+    (``scored_on``: :func:`~moco_core.data.scoring_fingerprint`). Returns the
     registration (see ``register_encoder``), or ``None`` when not registered."""
     backbone = backbone_from_checkpoint(cfg, state_dict)
     eval_metrics = {k: float(v) for k, v in metrics.items() if k.startswith("eval/")}
@@ -58,6 +60,7 @@ def publish_encoder(
             value=value,
             fingerprint=fingerprint,
             tags={TAG_EPOCH: str(epoch), TAG_PUBLISHED: chosen} if epoch is not None else None,
+            scored_on=scored_on,
         )
     link_metrics(uri, run_id, registered["model_id"], metrics, cfg, fingerprint)
     return registered

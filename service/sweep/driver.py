@@ -113,7 +113,7 @@ def finish_sweep(
             f"no trial of sweep {record.name} finished; see the trial errors under {record.folder}, "
             f"fix the cause, then: moco tune FILE --resume {record.name}"
         )
-    registered = finish(rows, record, cfg, parts["train"])
+    registered = finish(rows, record, cfg, parts)
     record.mark("finished")
     return SweepResult(
         name=record.name,

@@ -11,7 +11,7 @@ from ray.train import Checkpoint
 
 from moco_core.checkpoint import load_checkpoint
 from moco_core.config import ExperimentConfig, dump_yaml
-from moco_core.data import Partition, dataset_fingerprint
+from moco_core.data import Partition, dataset_fingerprint, scoring_fingerprint
 
 from .. import tracking
 from ..lineage import log_training_data
@@ -27,12 +27,12 @@ TRIAL_MLFLOW_STATUS = {"finished": "FINISHED", "early-stopped": "KILLED", "error
 
 
 def finish(
-    rows: list[TrialRow], record: SweepRecord, cfg: ExperimentConfig, train_p: Partition
+    rows: list[TrialRow], record: SweepRecord, cfg: ExperimentConfig, parts: dict[str, Partition]
 ) -> dict[str, Any] | None:
     """Close every child run (status, dataset input, encoder package), register the best finished
     trial's encoder and write the parent run's summary. Safe to run again (after a crash here,
     ``--resume`` repeats it). Returns the registration, if any."""
-    fingerprint = dataset_fingerprint(train_p)
+    fingerprint, scored_on = dataset_fingerprint(parts["train"]), scoring_fingerprint(parts)
     best = next(r for r in rows if r.status == "finished")
     registered = None
     client = tracking.client(record.tracking_uri)
@@ -45,17 +45,18 @@ def finish(
             if row.run_id is None:
                 continue
             register = row is best and cfg.tracking.register
-            out = close_trial_run(row, record, register, fingerprint, Path(tmp) / row.trial_id)
+            out = close_trial_run(row, record, register, (fingerprint, scored_on), Path(tmp) / row.trial_id)
             registered = out if register else registered
         summarize_parent(rows, best, record, Path(tmp) / "sweep_plots")
     return registered
 
 
 def close_trial_run(
-    row: TrialRow, record: SweepRecord, register: bool, fingerprint: str, tmp: Path
+    row: TrialRow, record: SweepRecord, register: bool, data: tuple[str, str], tmp: Path
 ) -> dict | None:
     """A trial's child run: rank and status tags, MLflow status, and its encoder (logged, or
-    registered when ``register``); steps already done before a crash are not done again."""
+    registered when ``register``, scored on ``data``: the fingerprints of the training data and of what
+    the score was measured on); steps already done before a crash are not done again."""
     uri = record.tracking_uri
     client = tracking.client(uri)
     client.set_tag(row.run_id, TAG_TRIAL_STATUS, row.status)
@@ -78,7 +79,9 @@ def close_trial_run(
     metrics = dict(client.get_run(row.run_id).data.metrics)
     with Checkpoint(ckpt).as_directory() as d:
         state = load_checkpoint(d)
-    out = publish_encoder(trial_cfg, state, row.run_id, uri, metrics, fingerprint, int(state["epoch"]))
+    fingerprint, scored_on = data
+    epoch = int(state["epoch"])
+    out = publish_encoder(trial_cfg, state, row.run_id, uri, metrics, fingerprint, epoch, scored_on=scored_on)
     if register and out:
         client.set_tag(record.parent_run_id, TAG_REGISTERED, out["model_uri"])
     return out
