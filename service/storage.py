@@ -9,6 +9,7 @@ one worker's local disk). S3-compatible stores (MinIO) are reached with the usua
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from moco_core.errors import UserError
@@ -52,8 +53,11 @@ def _fs(uri: str):
 def write_text(path: str, text: str) -> None:
     """Write ``text`` to ``path`` (parent folders created); atomic for local folders."""
     if not is_uri(path):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(Path(path), lambda tmp: tmp.write_text(text))
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(Path(path), lambda tmp: tmp.write_text(text))
+        except OSError as e:  # a full disk, a read-only mount: the old file (if any) is left whole
+            raise StorageError(f"cannot write {path}: {e.strerror or e}") from None
         return
     fs, inner = _fs(path)
     try:
@@ -84,6 +88,21 @@ def exists(path: str) -> bool:
 
     fs, inner = _fs(path)
     return fs.get_file_info(inner).type != pyarrow.fs.FileType.NotFound
+
+
+def check_writable(folder: str) -> None:
+    """Write and remove a small file in ``folder`` (created if missing): a full disk, a read-only mount
+    or missing permissions on ``run.storage_path`` are a :class:`StorageError` before anything starts."""
+    probe = join(folder, f".moco-write-check-{os.getpid()}")
+    write_text(probe, "moco\n")  # a byte or more: an empty file needs no space
+    if not is_uri(probe):
+        Path(probe).unlink(missing_ok=True)
+        return
+    fs, inner = _fs(probe)
+    try:
+        fs.delete_file(inner)
+    except OSError as e:
+        raise StorageError(f"cannot remove {probe}: {e}") from None
 
 
 def make_dir_exclusive(path: str) -> bool:
@@ -132,5 +151,6 @@ __all__ = [
     "read_text",
     "exists",
     "make_dir_exclusive",
+    "check_writable",
     "list_dirs",
 ]

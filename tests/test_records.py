@@ -203,3 +203,60 @@ def test_code_upload_ships_python_sources_only(tmp_path):
         files = [p for p in Path(module).rglob("*") if p.is_file()]
         assert files and all(p.suffix == ".py" for p in files), module
     assert json.dumps(env).count(str(REPO)) == 0  # nothing is shipped from the source tree itself
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 256 KiB tmpfs, filled up; skipped where it cannot be mounted (not root, no CAP_SYS_ADMIN)."""
+    mnt = tmp_path / "full"
+    mnt.mkdir()
+    out = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True)
+    if out.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {out.stderr.decode().strip() or out.returncode}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=30)
+
+
+def fill(folder: Path) -> None:
+    """Write until the disk is full (ENOSPC)."""
+    with open(folder / "filler", "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+        except OSError:
+            pass
+
+
+def test_a_full_disk_keeps_the_record_whole_and_is_one_line(full_disk, tmp_path, capsys):
+    rec = a_record(full_disk, "digits-20260101-000000")
+    before = (full_disk / rec.name / RunRecord.FILE).read_text()
+    fill(full_disk)
+    rec.status = "running"
+    rec.config["optim"]["lr"] = 0.5  # a record as large again: it cannot be written now
+    with pytest.raises(records.storage.StorageError, match="No space left on device"):
+        rec.save()
+    assert (full_disk / rec.name / RunRecord.FILE).read_text() == before  # the old record, whole
+    assert RunRecord.load(full_disk / rec.name).status == "failed"
+    assert not [p for p in (full_disk / rec.name).iterdir() if p.name != RunRecord.FILE]  # no temp left
+
+    # a new run on the full disk: one line, before Ray starts
+    capsys.readouterr()
+    digits = tmp_path / "digits"
+    assert main(["data", "digits", str(digits), "--image-size", "8"]) == 0
+    capsys.readouterr()
+    code = main(
+        [
+            "pretrain",
+            str(EXPERIMENT),
+            "--set",
+            f"data.root={digits}",
+            "--set",
+            f"run.storage_path={full_disk}",
+            "--tracking-uri",
+            f"sqlite:///{tmp_path / 'mlflow.db'}",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == EXIT_FAIL and "No space left on device" in err and "Traceback" not in err, err

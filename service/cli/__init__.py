@@ -43,10 +43,25 @@ def _version() -> str:
     return __version__
 
 
+class _Stderr(logging.StreamHandler):
+    """Log lines to whatever ``sys.stderr`` is when they are written (not the one of the first call:
+    ``main`` may run many times in one process, each with its own stderr)."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(message)s"
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(levelname)s %(message)s",
+        handlers=[_Stderr()],
     )
     quiet_other_tools(args.verbose)
     try:

@@ -78,6 +78,7 @@ def pretrain(
     train_p = parts["train"]
     uri = record.tracking_uri if record is not None else tracking.resolve_tracking_uri(cfg.tracking.uri)
     tracking.check_reachable(uri)  # an unreachable MLflow stops here too
+    storage.check_writable(storage_path_of(cfg))  # and a full or read-only run.storage_path
     if record is not None and record.trained is not None:  # trained; publishing failed: no Ray needed
         record.mark("running")
         with record.held():
