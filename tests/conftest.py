@@ -143,4 +143,6 @@ def val_knn(cfg: ExperimentConfig, backbone: torch.nn.Module, fraction: float = 
 def _no_outside_endpoints(monkeypatch):
     """Tests choose their own tracking store and cluster."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    if "mlflow" in sys.modules:  # a test's mlflow.set_tracking_uri stays global (and comes back as the
+        sys.modules["mlflow"].set_tracking_uri(None)  # env var when the fluent URI is restored): reset
     monkeypatch.delenv("RAY_ADDRESS", raising=False)

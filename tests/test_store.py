@@ -194,8 +194,9 @@ def test_a_store_of_another_source_or_size_is_refused_before_ray_starts(
     check_source(tmp_path / "s", index, parts, 16)  # the same source and size: fine
     with pytest.raises(StoreError, match="16 px and this run asks for 40 px"):
         check_source(tmp_path / "s", index, parts, 40)
-    with open(root / "test.csv", "a") as f:  # the dataset changes: one more test image
-        f.write(f"{parts['test'].paths[0].relative_to(root / 'test').as_posix()},1\n")
+    test = parts["test"]
+    with open(root / "test.csv", "a") as f:  # the dataset changes: one more row (the first image again)
+        f.write(f"{test.paths[0].relative_to(root / 'test').as_posix()},{test.classes[test.targets[0]]}\n")
     args = ["pretrain", str(REPO / "experiments/digits.yaml"), "--set", f"data.root={root}"]
     args += ["--set", f"data.store={tmp_path / 's'}", "--set", f"run.storage_path={tmp_path / 'runs'}"]
     assert main(args) == EXIT_FAIL

@@ -167,7 +167,7 @@ def test_killed_worker_is_replaced_and_resumes_from_checkpoint(ray_cluster, digi
 def test_resume_after_driver_crash_equals_uninterrupted_run(ray_cluster, digits_root, tmp_path):
     common = (
         "optim.batch_size=32",
-        "optim.epochs=3",
+        "optim.epochs=4",  # killed after epoch 1: three epochs left to train, never only the publishing
         "run.max_steps_per_epoch=3",
         "moco.queue_size=50",
         "eval.knn_every_epochs=0",
@@ -206,18 +206,18 @@ def test_resume_after_driver_crash_equals_uninterrupted_run(ray_cluster, digits_
     assert alive_when_killed == [True], driver.stdout.read().decode()[-3000:]
     driver.wait(timeout=60)
     record = RunRecord.load(next((b / "runs").glob("*/moco_run.json")).parent)
-    assert record.status == "running"
+    assert record.status == "running" and record.trained is None  # killed while it trained
     time.sleep(2)  # let Ray reap the dead driver's actors
 
     resumed = pretrain(cfg_b, resume=True)
     assert resumed.run_name == record.name and resumed.mlflow_run_id == record.mlflow_run_id
     ref_state = load_checkpoint(reference.checkpoint_path)
     res_state = load_checkpoint(resumed.checkpoint_path)
-    assert res_state["step"] == ref_state["step"] == 9
+    assert res_state["step"] == ref_state["step"] == 12
     assert int(res_state["model"]["queue.ptr"]) == int(ref_state["model"]["queue.ptr"])
     assert resumed.metrics["train/loss"] == pytest.approx(reference.metrics["train/loss"], rel=1e-4)
     assert torch.allclose(res_state["model"]["queue.keys"], ref_state["model"]["queue.keys"], atol=1e-4)
-    assert _steps(resumed.tracking_uri, resumed.mlflow_run_id) == list(range(1, 10))
+    assert _steps(resumed.tracking_uri, resumed.mlflow_run_id) == list(range(1, 13))
     assert MlflowClient(resumed.tracking_uri).get_run(resumed.mlflow_run_id).info.status == "FINISHED"
     with pytest.raises(PretrainError, match="nothing to resume"):
         pretrain(cfg_b, resume=True)  # finished runs are not resumed again

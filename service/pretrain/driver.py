@@ -78,12 +78,13 @@ def pretrain(
     train_p = parts["train"]
     uri = record.tracking_uri if record is not None else tracking.resolve_tracking_uri(cfg.tracking.uri)
     tracking.check_reachable(uri)  # an unreachable MLflow stops here too
-    storage.check_writable(storage_path_of(cfg))  # and a full or read-only run.storage_path
     if record is not None and record.trained is not None:  # trained; publishing failed: no Ray needed
+        storage.check_writable(storage_path_of(cfg))
         record.mark("running")
         with record.held():
             return publish(cfg, record, parts)
     cfg = with_store(cfg, printer.message, address)  # checked, or prepared (data.prepare: auto)
+    storage.check_writable(storage_path_of(cfg))  # a full or read-only run.storage_path stops here
     check_resources(cfg.scaling, remote=ensure_ray(address))  # and workers the cluster cannot hold
     if record is not None:
         record.mark("running")

@@ -57,7 +57,7 @@ def register_encoder(
     Returns ``{"name", "version", "champion", "previous_champion", "model_uri", "model_id"}`` (the
     version's LoggedModel).
     """
-    uri = tracking.resolve_tracking_uri(uri)
+    uri = tracking.resolve_tracking_uri(None) if uri is None else uri  # a run's own store beats the env
     client = tracking.client(uri)
     folder = package_dir(Path(package))
     backbone, meta = read_encoder_package(folder)
