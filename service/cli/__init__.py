@@ -58,11 +58,9 @@ class _Stderr(logging.StreamHandler):
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
-        format="%(levelname)s %(message)s",
-        handlers=[_Stderr()],
-    )
+    level = logging.DEBUG if args.verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(message)s", handlers=[_Stderr()])
+    logging.getLogger().setLevel(level)  # basicConfig acts once per process; -v counts on every call
     quiet_other_tools(args.verbose)
     try:
         with tracking_uri_env(args):  # --tracking-uri, on the commands that talk to MLflow
