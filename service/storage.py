@@ -9,6 +9,7 @@ one worker's local disk). S3-compatible stores (MinIO) are reached with the usua
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -94,10 +95,17 @@ def check_writable(folder: str) -> None:
     """Write and remove a small file in ``folder`` (created if missing): a full disk, a read-only mount
     or missing permissions on ``run.storage_path`` are a :class:`StorageError` before anything starts."""
     probe = join(folder, f".moco-write-check-{os.getpid()}")
-    write_text(probe, "moco\n")  # a byte or more: an empty file needs no space
     if not is_uri(probe):
-        Path(probe).unlink(missing_ok=True)
+        made = [p for p in (Path(folder), *Path(folder).parents) if not p.exists()]
+        try:
+            write_text(probe, "moco\n")  # a byte or more: an empty file needs no space
+        finally:
+            Path(probe).unlink(missing_ok=True)
+            for p in made:  # deepest first: the check leaves no folder behind
+                with contextlib.suppress(OSError):
+                    p.rmdir()
         return
+    write_text(probe, "moco\n")
     fs, inner = _fs(probe)
     try:
         fs.delete_file(inner)
