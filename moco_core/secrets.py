@@ -13,4 +13,9 @@ def without_credentials(text: str) -> str:
     return _USERINFO.sub(r"\1***@", text)
 
 
-__all__ = ["without_credentials"]
+def has_credentials(uri: str) -> bool:
+    """Whether ``uri`` carries a user or password (``scheme://user[:pass]@host``)."""
+    return without_credentials(uri) != uri
+
+
+__all__ = ["without_credentials", "has_credentials"]

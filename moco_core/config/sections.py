@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
+from ..secrets import has_credentials, without_credentials
 from .base import Strict
 
 
@@ -116,16 +117,15 @@ def tracking_uri_problem(uri: str) -> str | None:
             f"{uri!r} has no scheme, so MLflow would read it as a local folder of that name; "
             f"did you mean http://{uri.strip()}?"
         )
-    scheme, sep, rest = uri.strip().partition("://")
-    authority = rest.split("/", 1)[0]
-    if sep and "@" in authority:  # user[:password]@host: it would be copied into records, params, logs
-        where = f"{scheme}://{authority.rsplit('@', 1)[1]}"
+    if has_credentials(uri):  # user[:password]@host: it would be copied into records, params, logs
         hint = (
             "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
-            if scheme in ("http", "https")
+            if uri.strip().startswith(("http://", "https://"))
             else "give the database password through PGPASSWORD or ~/.pgpass (or your driver's own file)"
         )
-        return f"holds a user or password ({scheme}://***@...): give {where}... without them, and {hint}"
+        shown = without_credentials(uri.strip())
+        bare = shown.replace("***@", "", 1)
+        return f"{shown!r} holds a user or password: give {bare} without them, and {hint}"
     return None
 
 

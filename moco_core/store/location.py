@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from ..files import write_atomic
+from ..secrets import has_credentials, without_credentials
 from .errors import StoreError
 
 _SECRET_PARAMS = {"access_key", "secret_key", "session_token", "credential", "credentials"}
@@ -29,13 +30,11 @@ def is_remote(store: str | Path) -> bool:
 
 def redacted(uri: str) -> str:
     """``uri`` without what a user name, a password or a secret query parameter would give away."""
-    parts = urlsplit(uri)
-    netloc = parts.netloc.rpartition("@")[2]
-    netloc = f"***@{netloc}" if "@" in parts.netloc else netloc
+    parts = urlsplit(without_credentials(uri))
     query = "&".join(
         f"{k}={'***' if k.lower() in _SECRET_PARAMS else v}" for k, v in parse_qsl(parts.query, True)
     )
-    return parts._replace(netloc=netloc, query=query).geturl()
+    return parts._replace(query=query).geturl()
 
 
 class LocalFolder:
@@ -100,7 +99,7 @@ class RemoteFolder:
         self.uri = uri.rstrip("/")
         self.shown = redacted(self.uri)
         parts = urlsplit(self.uri)
-        if "@" in parts.netloc or any(k.lower() in _SECRET_PARAMS for k, _ in parse_qsl(parts.query)):
+        if has_credentials(self.uri) or any(k.lower() in _SECRET_PARAMS for k, _ in parse_qsl(parts.query)):
             raise StoreError(
                 f"{self.shown}: credentials in a store URI are refused (they would be logged with it); "
                 "set them in the environment: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and "

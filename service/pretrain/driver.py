@@ -78,13 +78,12 @@ def pretrain(
     train_p = parts["train"]
     uri = record.tracking_uri if record is not None else tracking.resolve_tracking_uri(cfg.tracking.uri)
     tracking.check_reachable(uri)  # an unreachable MLflow stops here too
+    storage.check_writable(storage_path_of(cfg))  # and a full or read-only run.storage_path
     if record is not None and record.trained is not None:  # trained; publishing failed: no Ray needed
-        storage.check_writable(storage_path_of(cfg))
         record.mark("running")
         with record.held():
             return publish(cfg, record, parts)
     cfg = with_store(cfg, printer.message, address)  # checked, or prepared (data.prepare: auto)
-    storage.check_writable(storage_path_of(cfg))  # a full or read-only run.storage_path stops here
     check_resources(cfg.scaling, remote=ensure_ray(address))  # and workers the cluster cannot hold
     if record is not None:
         record.mark("running")
@@ -220,13 +219,11 @@ def record_trained(cfg: ExperimentConfig, record: RunRecord, result: Any) -> Non
 
 def json_safe(metrics: dict[str, Any]) -> dict[str, Any]:
     """The numbers (and strings) of reported ``metrics``, as JSON holds them."""
-    out: dict[str, Any] = {}
-    for k, v in metrics.items():
-        if isinstance(v, str | int):
-            out[k] = v
-        elif isinstance(v, float) or hasattr(v, "__float__"):
-            out[k] = float(v)
-    return out
+    return {
+        k: v if isinstance(v, str | int) else float(v)
+        for k, v in metrics.items()
+        if isinstance(v, str | int) or hasattr(v, "__float__")
+    }
 
 
 def publish(cfg: ExperimentConfig, record: RunRecord, parts: dict[str, Partition]) -> PretrainResult:

@@ -83,14 +83,12 @@ def register_encoder(
         version, model_id = _log_version(
             uri, run, backbone, meta, folder, model_name, tags, input_example_size
         )
-    _tag_version(client, model_name, version, tags)
-    score = {"metric": metric, "value": float(value), "fingerprint": fingerprint, "scored_on": scored_on}
-    _, previous = _move_champion(client, model_name, version, score)
-    moved = repair_champion(client, model_name) == version
+    _tag_version(client, model_name, version, tags)  # its score, which the champion rule reads
+    champion, previous = _move_champion(client, model_name, version)
     return {
         "name": model_name,
         "version": version,
-        "champion": moved,
+        "champion": champion == version,
         "previous_champion": previous,
         "model_uri": f"models:/{model_name}/{version}",
         "model_id": model_id,
@@ -175,23 +173,20 @@ def _tag_version(client: Any, model_name: str, version: int, tags: dict[str, str
             client.set_model_version_tag(model_name, str(version), key, val)
 
 
-def _move_champion(
-    client: Any, model_name: str, version: int, score: dict[str, Any]
-) -> tuple[bool, int | None]:
-    """Move alias ``champion`` to ``version`` when it beats the current one; ``(moved, previous)``."""
-    previous: int | None = None
-    current: dict | None = None
+def _move_champion(client: Any, model_name: str, version: int) -> tuple[int | None, int | None]:
+    """Alias ``champion`` after ``version`` (its score in its tags) was registered: on ``version`` where
+    there is no champion (or the alias names a deleted version), then repaired to the best version
+    comparable with the champion (:func:`repair_champion`), which moves it to ``version`` when it beats
+    the champion. Returns ``(champion, previous)``."""
     rm = client.get_registered_model(model_name)
-    if CHAMPION in (rm.aliases or {}):
-        previous = int(rm.aliases[CHAMPION])
-        try:
-            current = version_score(client.get_model_version(model_name, str(previous)))
-        except tracking.mlflow_errors():  # the alias points at a deleted version: no champion to beat
-            current = None
-    moved = champion_should_move(current, score)
-    if moved:
+    previous = int(rm.aliases[CHAMPION]) if CHAMPION in (rm.aliases or {}) else None
+    try:
+        alive = previous is not None and client.get_model_version(model_name, str(previous)) is not None
+    except tracking.mlflow_errors():  # the alias points at a deleted version: no champion to beat
+        alive = False
+    if not alive:
         set_champion(client, model_name, version)
-    return moved, previous
+    return repair_champion(client, model_name), previous
 
 
 def set_champion(client: Any, model_name: str, version: int, tries: int = 5) -> None:
@@ -227,7 +222,7 @@ def repair_champion(client: Any, model_name: str) -> int | None:
         return None
     current = int(rm.aliases[CHAMPION])
     versions = {int(mv.version): version_score(mv) for mv in all_versions(client, model_name)}
-    if current not in versions:
+    if current not in versions:  # deleted since: the next registration elects a champion
         return current
     best = current
     for version in sorted(versions):  # ascending: a tie keeps the older version

@@ -87,8 +87,8 @@ def tune_sweep(
     metric = default_metric(cfg, parts)
     uri = record.tracking_uri if record is not None else tracking.resolve_tracking_uri(cfg.tracking.uri)
     tracking.check_reachable(uri)
+    storage.check_writable(storage_path_of(cfg))  # and a full or read-only run.storage_path
     cfg = with_store(cfg, say, address)  # checked, or prepared (data.prepare: auto)
-    storage.check_writable(storage_path_of(cfg))  # a full or read-only run.storage_path stops here
     check_resources(cfg.scaling, remote=ensure_ray(address))
     if record is not None:
         record.mark("running")
