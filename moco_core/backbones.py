@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from torchvision import models
 
+from .config import ExperimentConfig
+
 ARCHS: dict[str, Callable[..., models.ResNet]] = {
     "resnet18": models.resnet18,
     "resnet34": models.resnet34,
@@ -39,6 +41,16 @@ def create_backbone(arch: str, in_channels: int = 3, small_image_stem: bool = Fa
     net.fc = nn.Identity()
     net.feature_dim = feature_dim  # type: ignore[assignment]
     return net
+
+
+def backbone_for(cfg: ExperimentConfig) -> nn.Module:
+    """The randomly initialised backbone an experiment describes (a random-init baseline's too)."""
+    return create_backbone(cfg.model.arch, cfg.data.channels, cfg.model.small_image_stem)
+
+
+def initial_backbone(cfg: ExperimentConfig) -> nn.Module:
+    """The backbone pretraining starts from."""
+    return backbone_for(cfg)
 
 
 def feature_dim(backbone: nn.Module) -> int:

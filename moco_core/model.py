@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .backbones import create_backbone, feature_dim
+from .backbones import feature_dim, initial_backbone
 from .config import ExperimentConfig
 from .loss import moco_logits
 from .queue import KeyQueue
@@ -146,7 +146,7 @@ class MoCo(nn.Module):
 
 def build_moco(cfg: ExperimentConfig, world_size: int = 1) -> MoCo:
     """The MoCo model an experiment describes (random init)."""
-    backbone = create_backbone(cfg.model.arch, cfg.data.channels, cfg.model.small_image_stem)
+    backbone = initial_backbone(cfg)
     head = make_head(cfg.model.head, feature_dim(backbone), cfg.model.dim, cfg.model.hidden_dim)
     return MoCo(
         Encoder(backbone, head),

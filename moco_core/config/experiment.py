@@ -114,6 +114,17 @@ class ExperimentConfig(Strict):
             raise ValueError(
                 f"optim.batch_size / scaling.workers = {per_worker}; each worker needs >= 2 images"
             )
+        mechanism = self.moco.mechanism
+        if mechanism != "moco" and self.moco.shuffle_bn in ("distributed", "split"):
+            raise ValueError(
+                f"moco.shuffle_bn={self.moco.shuffle_bn} shuffles the key encoder's batch and "
+                f"moco.mechanism={mechanism} has no key encoder; use shuffle_bn: auto (or off)"
+            )
+        if mechanism != "moco" and self.moco.symmetric:
+            raise ValueError(
+                f"moco.symmetric swaps query and key views, a choice of moco.mechanism=moco only "
+                f"({mechanism} has no key encoder); remove moco.symmetric"
+            )
         if self.moco.shuffle_bn == "distributed" and w < 2:
             raise ValueError(
                 "moco.shuffle_bn=distributed needs scaling.workers >= 2; "
@@ -144,8 +155,11 @@ class ExperimentConfig(Strict):
         return self.tracking.model_name or f"moco-{self.name}"
 
     def resolved_shuffle_bn(self, world_size: int) -> Literal["distributed", "split", "off"]:
-        """``auto`` means distributed when there is more than one worker, else split BN."""
+        """``auto`` means distributed when there is more than one worker, else split BN; off for the
+        mechanisms without a key encoder."""
         mode = self.moco.shuffle_bn
+        if self.moco.mechanism != "moco":
+            return "off"
         if mode == "auto":
             return "distributed" if world_size > 1 else "split"
         return mode

@@ -49,8 +49,15 @@ class ModelConfig(Strict):
     hidden_dim: int | None = Field(None, ge=1)  # MLP hidden size; default: the backbone's
 
 
+MECHANISMS = ("moco", "end_to_end", "memory_bank")
+
+
 class MocoConfig(Strict):
-    queue_size: int = Field(4096, gt=0)  # K: number of negatives
+    # where the negatives come from (the MoCo paper's Fig. 3): moco: a queue of momentum-encoded keys;
+    # end_to_end: the other views of the batch (SimCLR's NT-Xent); memory_bank: stored features of
+    # every training image (Wu et al. 2018)
+    mechanism: Literal["moco", "end_to_end", "memory_bank"] = "moco"
+    queue_size: int = Field(4096, gt=0)  # K: number of negatives (moco, memory_bank)
     momentum: float = Field(0.99, ge=0.0, le=1.0)  # m of the key encoder
     momentum_schedule: Literal["constant", "cosine"] = "constant"  # cosine: m -> 1 over training
     temperature: float = Field(0.1, gt=0.0)  # T of InfoNCE
