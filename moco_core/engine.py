@@ -20,7 +20,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from .config import ConfigError, ExperimentConfig
 from .errors import UserError
 from .loss import info_nce
-from .model import MoCo, build_moco
+from .model import ContrastModel, MoCo, build_moco
 from .precision import autocast, grad_scaler
 from .schedules import lr_factor, momentum_at
 
@@ -35,7 +35,7 @@ class NonFiniteLossError(UserError, RuntimeError):
 class TrainState:
     """Everything that must survive a restart for training to continue exactly."""
 
-    model: MoCo
+    model: ContrastModel
     optimizer: torch.optim.Optimizer
     scheduler: LambdaLR
     steps_per_epoch: int
@@ -45,7 +45,7 @@ class TrainState:
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "model": self.model.state_dict(),  # encoder_q, encoder_k, heads, queue + pointer
+            "model": self.model.state_dict(),  # encoder_q, encoder_k, heads, queue + pointer (or bank)
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "steps_per_epoch": self.steps_per_epoch,
@@ -101,11 +101,16 @@ def seed_everything(seed: int) -> None:
 
 
 def build_train_state(
-    cfg: ExperimentConfig, steps_per_epoch: int, world_size: int = 1, device: torch.device | str = "cpu"
+    cfg: ExperimentConfig,
+    steps_per_epoch: int,
+    world_size: int = 1,
+    device: torch.device | str = "cpu",
+    n_images: int | None = None,
 ) -> TrainState:
-    """A fresh model, SGD on the query encoder only, and the per-step LR schedule."""
+    """A fresh model, SGD on the query encoder only, and the per-step LR schedule. ``n_images`` (the
+    training images) sizes a memory bank."""
     seed_everything(cfg.run.seed)
-    model = build_moco(cfg, world_size).to(device)
+    model = build_moco(cfg, world_size, n_images).to(device)
     if cfg.run.channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(
@@ -128,22 +133,26 @@ def train_step(
     im_k: torch.Tensor,
     cfg: ExperimentConfig,
     device: torch.device,
+    index: torch.Tensor | None = None,
 ) -> dict[str, float]:
-    """One MoCo step: loss, backward, SGD step, LR step, momentum update. Returns step metrics.
+    """One step: loss, backward, SGD step, LR step, then the model's ``after_step`` (MoCo: enqueue and
+    momentum update; memory bank: the batch's entries). Returns step metrics.
 
-    ``forward`` is ``state.model`` or a wrapper of it (DistributedDataParallel, torch.compile).
+    ``forward`` is ``state.model`` or a wrapper of it (DistributedDataParallel, torch.compile);
+    ``index`` holds the batch's rows in the training partition (the memory bank's entries).
     """
     total_steps = cfg.optim.epochs * state.steps_per_epoch
     m = momentum_at(state.step, total_steps, cfg.moco)
     lr = state.optimizer.param_groups[0]["lr"]
     with autocast(device, cfg.run.precision):
-        out = forward(im_q, im_k)
+        out = forward(im_q, im_k, index)
         loss = info_nce(out.logits)
     with torch.no_grad():
         t = cfg.moco.temperature
-        stats = torch.stack(
-            [loss.detach(), out.logits[:, 0].float().mean() * t, out.logits[:, 1:].float().mean() * t]
-        )
+        neg = out.logits[:, 1:].float()
+        shown = neg.isfinite()  # a memory bank leaves a query's own entry out as -inf
+        neg_mean = torch.where(shown, neg, 0.0).sum() / shown.sum().clamp(min=1)
+        stats = torch.stack([loss.detach(), out.logits[:, 0].float().mean() * t, neg_mean * t])
     state.optimizer.zero_grad(set_to_none=True)
     (state.scaler.scale(loss) if state.scaler is not None else loss).backward()
     # One host sync per step, once the backward pass is queued; nothing has been updated yet.
@@ -153,28 +162,29 @@ def train_step(
             f"non-finite loss {values[0]} at step {state.step} (epoch {state.epoch}); lower optim.lr or "
             "check the data; the last checkpoint is kept"
         )
-    state.model.enqueue(out.k)
     if state.scaler is not None:  # fp16: a step whose gradients overflowed is skipped, the scale lowered
         state.scaler.step(state.optimizer)
         state.scaler.update()
     else:
         state.optimizer.step()
     state.scheduler.step()
-    state.model.momentum_update(m)
+    state.model.after_step(out, m)
     state.step += 1
-    return {
+    metrics = {
         "train/loss": values[0],
-        "train/pos_logit": values[1],  # mean q.k+ (cosine, before 1/T)
-        "train/neg_logit": values[2],  # mean q.queue (cosine, before 1/T)
+        "train/pos_logit": values[1],  # mean cosine of a query and its positive (before 1/T)
+        "train/neg_logit": values[2],  # mean cosine of a query and its negatives (before 1/T)
         "train/lr": lr,
-        "train/momentum": m,
     }
+    if isinstance(state.model, MoCo):
+        metrics["train/momentum"] = m
+    return metrics
 
 
 def train_epoch(
     forward: nn.Module,
     state: TrainState,
-    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
     cfg: ExperimentConfig,
     device: torch.device,
     on_step: StepHook | None = None,
@@ -189,7 +199,7 @@ def train_epoch(
     images = 0
     t0 = time.perf_counter()
     t_last = t0
-    for im_q, im_k in batches:
+    for im_q, im_k, index in batches:  # the two views and the images' rows
         if n >= state.steps_per_epoch:
             break
         im_q = im_q.to(device, non_blocking=True)
@@ -197,7 +207,7 @@ def train_epoch(
         if cfg.run.channels_last:
             im_q = im_q.contiguous(memory_format=torch.channels_last)
             im_k = im_k.contiguous(memory_format=torch.channels_last)
-        metrics = train_step(forward, state, im_q, im_k, cfg, device)
+        metrics = train_step(forward, state, im_q, im_k, cfg, device, index.to(device))
         now = time.perf_counter()
         batch = im_q.shape[0] * world_size
         metrics["train/images_per_s"] = batch / max(now - t_last, 1e-9)

@@ -6,24 +6,29 @@ Reads like Algorithm 1 of the paper::
     q = encoder_q(x_q)
     logits = [q.k, q @ queue] / T
     loss = CE(logits, 0)
-    enqueue(k)                    # after the loss (and its backward: the queue is not cloned)
-    # after optimizer.step():
+    # after loss.backward() (the queue is not cloned) and optimizer.step():
+    enqueue(k)
     theta_k <- m * theta_k + (1 - m) * theta_q
+
+``build_moco`` builds the model of ``moco.mechanism``: this one (``moco``), or the paper's two other
+ways to get negatives, :mod:`.end_to_end` and :mod:`.memory_bank`. All three share the query encoder,
+InfoNCE with the positive in column 0, and the training step's ``after_step`` / ``shared_buffers``.
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .backbones import feature_dim, initial_backbone
 from .config import ExperimentConfig
+from .encoder import ContrastOutput, Encoder, build_encoder
+from .end_to_end import EndToEnd
 from .loss import moco_logits
+from .memory_bank import MemoryBank
 from .queue import KeyQueue
 from .shuffle_bn import (
     batch_shuffle,
@@ -35,34 +40,6 @@ from .shuffle_bn import (
 )
 
 ShuffleMode = Literal["distributed", "split", "off"]
-
-
-def make_head(kind: str, in_dim: int, dim: int, hidden_dim: int | None = None) -> nn.Module:
-    """v1: a linear layer to ``dim``; v2: MLP ``in_dim -> hidden -> ReLU -> dim``."""
-    if kind == "linear":
-        return nn.Linear(in_dim, dim)
-    if kind == "mlp":
-        hidden = hidden_dim or in_dim
-        return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim))
-    raise ValueError(f"unknown head {kind!r}; choose 'linear' or 'mlp'")
-
-
-class Encoder(nn.Module):
-    """Backbone followed by a projection head; only the backbone is exported."""
-
-    def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.head = head
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x))
-
-
-@dataclass
-class MocoOutput:
-    logits: torch.Tensor  # N x (1+K), positive at column 0 (2N rows when symmetric)
-    k: torch.Tensor  # N x dim: the keys to enqueue (2N when symmetric)
 
 
 @torch.no_grad()
@@ -115,7 +92,9 @@ class MoCo(nn.Module):
             return batch_unshuffle(k, idx)
         return F.normalize(self.encoder_k(im_k).float(), dim=1)
 
-    def forward(self, im_q: torch.Tensor, im_k: torch.Tensor) -> MocoOutput:
+    def forward(
+        self, im_q: torch.Tensor, im_k: torch.Tensor, index: torch.Tensor | None = None
+    ) -> ContrastOutput:
         """Logits of each query against its key and the queue. Symmetric: each view is also the query
         of the other's key; the rows of both directions are stacked (InfoNCE over them averages the two
         losses) and both directions' keys are enqueued."""
@@ -123,15 +102,25 @@ class MoCo(nn.Module):
         if not self.symmetric:
             return out
         back = self._one_way(im_k, im_q)
-        return MocoOutput(
+        return ContrastOutput(
             logits=torch.cat([out.logits, back.logits]), k=torch.cat([out.k, back.k])
         )  # 2N rows
 
-    def _one_way(self, im_q: torch.Tensor, im_k: torch.Tensor) -> MocoOutput:
+    def _one_way(self, im_q: torch.Tensor, im_k: torch.Tensor) -> ContrastOutput:
         k = self.encode_keys(im_k)  # N x C, fp32
         q = F.normalize(self.encoder_q(im_q).float(), dim=1)  # N x C, fp32
         logits = moco_logits(q, k, self.queue.keys, self.temperature)  # N x (1+K)
-        return MocoOutput(logits=logits, k=k)
+        return ContrastOutput(logits=logits, k=k)
+
+    @torch.no_grad()
+    def after_step(self, out: ContrastOutput, momentum: float) -> None:
+        """Once the optimizer has stepped: enqueue this step's keys, then move the key encoder."""
+        self.enqueue(out.k)
+        self.momentum_update(momentum)
+
+    def shared_buffers(self) -> list[torch.Tensor]:
+        """What every rank must hold identically: the queue and its pointer."""
+        return [self.queue.keys, self.queue.ptr]
 
     @torch.no_grad()
     def enqueue(self, k: torch.Tensor) -> None:
@@ -144,12 +133,24 @@ class MoCo(nn.Module):
         self.queue.enqueue(concat_all_gather(k.float()))
 
 
-def build_moco(cfg: ExperimentConfig, world_size: int = 1) -> MoCo:
-    """The MoCo model an experiment describes (random init)."""
-    backbone = initial_backbone(cfg)
-    head = make_head(cfg.model.head, feature_dim(backbone), cfg.model.dim, cfg.model.hidden_dim)
+ContrastModel = MoCo | EndToEnd | MemoryBank
+
+
+def build_moco(cfg: ExperimentConfig, world_size: int = 1, n_images: int | None = None) -> ContrastModel:
+    """The model of ``moco.mechanism`` an experiment describes; ``n_images`` (the training images) sizes
+    the memory bank."""
+    encoder = build_encoder(cfg)
+    mechanism = cfg.moco.mechanism
+    if mechanism == "end_to_end":
+        return EndToEnd(encoder, cfg.moco.temperature)
+    if mechanism == "memory_bank":
+        if n_images is None:
+            raise ValueError("moco.mechanism=memory_bank needs the number of training images")
+        return MemoryBank(
+            encoder, n_images, cfg.model.dim, cfg.moco.queue_size, cfg.moco.temperature, cfg.run.seed
+        )
     return MoCo(
-        Encoder(backbone, head),
+        encoder,
         queue_size=cfg.moco.queue_size,
         dim=cfg.model.dim,
         temperature=cfg.moco.temperature,

@@ -57,7 +57,7 @@ class ShardSampler(Sampler[tuple[int, int]]):
 
 
 class PretrainSamples(Dataset):
-    """``(uint8 image, query view's parameters, key view's parameters)`` of key ``(i, epoch)``; the
+    """``(uint8 image, query view's parameters, key view's parameters, i)`` of key ``(i, epoch)``; the
     parameters come from an RNG of its own seeded by ``(seed, epoch, i)`` (no global RNG is touched)."""
 
     def __init__(self, images, views_recipe, seed: int = 0) -> None:
@@ -66,11 +66,12 @@ class PretrainSamples(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
         i, epoch = key
         pixels, (h, w) = self.images.item(i)
         rng = random.Random(hash((self.seed, epoch, i)))
-        return torch.tensor(pixels), draw_view(self.recipe, rng, h, w), draw_view(self.recipe, rng, h, w)
+        q, k = draw_view(self.recipe, rng, h, w), draw_view(self.recipe, rng, h, w)
+        return torch.tensor(pixels), q, k, i
 
 
 class LabelledViews(Dataset):
@@ -139,11 +140,18 @@ def _loader_kwargs(num_workers: int, device: torch.device, persistent: bool) -> 
     return kw
 
 
-def check_batches(cfg: ExperimentConfig, partition: Partition, world_size: int | None = None) -> None:
-    """Each worker's share of ``partition`` holds at least one batch: the incomplete batch is dropped
-    (every rank must see the same batch size), so a smaller share would train on nothing. A
-    ``ConfigError`` names the partition, its size and the batch; drivers check it before Ray starts."""
+def check_partition_fits(cfg: ExperimentConfig, partition: Partition, world_size: int | None = None) -> None:
+    """``partition`` holds what training on it needs, or a ``ConfigError`` names the partition, its size
+    and the keys (drivers check it before Ray starts): each worker's share holds at least one batch
+    (the incomplete batch is dropped: every rank must see the same batch size, so a smaller share
+    would train on nothing), and a memory bank has more entries than the K negatives it draws."""
     w, n = world_size or cfg.scaling.workers, len(partition)
+    if cfg.moco.mechanism == "memory_bank" and cfg.moco.queue_size >= n:
+        raise ConfigError(
+            f"moco.mechanism=memory_bank draws moco.queue_size={cfg.moco.queue_size} negatives from a bank "
+            f"of the {n} images of partition {partition.name!r} ({partition.csv_path}); lower "
+            f"moco.queue_size below {n}"
+        )
     per_rank = cfg.optim.batch_size // w
     if n // w >= per_rank:
         return
@@ -163,13 +171,14 @@ def pretrain_loader(
     world_size: int = 1,
     device: torch.device | str = "cpu",
 ) -> DeviceBatches:
-    """Batches of ``(im_q, im_k)`` on ``device`` for one rank; batch size = global batch / world size."""
+    """Batches of ``(im_q, im_k, index)`` on ``device`` for one rank (``index``: the images' rows in
+    ``partition``); batch size = global batch / world size."""
     device = torch.device(device)
     data = cfg.data
     r = recipe(cfg.augment.recipe, data.image_size, data.channels)
     images = images_of(data, partition)
     per_rank = cfg.optim.batch_size // world_size
-    check_batches(cfg, partition, world_size)
+    check_partition_fits(cfg, partition, world_size)
     sampler = ShardSampler(len(images), rank, world_size, seed=cfg.run.seed)
     loader = DataLoader(
         PretrainSamples(images, r, seed=cfg.run.seed),
@@ -181,7 +190,7 @@ def pretrain_loader(
         **_loader_kwargs(loader_workers(data.num_workers, cfg.scaling.cpus_per_worker), device, True),
     )
     views = BatchViews(r, *normalization(data.channels, data.normalization))
-    return DeviceBatches(loader, lambda x, pq, pk: (views(x, pq), views(x, pk)), device)
+    return DeviceBatches(loader, lambda x, pq, pk, index: (views(x, pq), views(x, pk), index), device)
 
 
 def eval_loader(
@@ -221,7 +230,7 @@ def queue_size_warning(n_images: int, cfg: ExperimentConfig) -> str | None:
     last ``queue_size`` keys and an image comes back once per epoch: with K >= N, every image's own key
     from its previous epoch is still queued, a negative against its own positive."""
     k = cfg.moco.queue_size
-    if n_images <= 0 or k < n_images:
+    if cfg.moco.mechanism != "moco" or n_images <= 0 or k < n_images:
         return None
     suggestion = 1 << max(0, (n_images // 4).bit_length() - 1)  # a power of two at most N/4
     return (
@@ -238,7 +247,7 @@ __all__ = [
     "EvalSamples",
     "DeviceBatches",
     "loader_workers",
-    "check_batches",
+    "check_partition_fits",
     "pretrain_loader",
     "eval_loader",
     "steps_per_epoch",

@@ -175,7 +175,8 @@ def start_run(
         all_tags["mlflow.parentRunId"] = parent_run_id
     run = store.create_run(exp_id, run_name=run_name, tags=all_tags)
     run_id = run.info.run_id
-    params = [Param(k, _param_value(v)) for k, v in sorted(cfg.flat().items())]
+    flat = {**cfg.flat(), "moco.effective_k": cfg.negatives}  # end_to_end: tied to the batch
+    params = [Param(k, _param_value(v)) for k, v in sorted(flat.items())]
     for i in range(0, len(params), 100):
         store.log_batch(run_id, params=params[i : i + 100])
     store.log_text(run_id, dump_yaml(cfg), "config.yaml")

@@ -178,6 +178,38 @@ ROWS = {
         lambda t: ["tune", DIGITS_TUNE, "--set", f"data.root={tiny_dataset(t)}", *run_files(t)],
         lambda t: ["partition 'train'", str(t / "data" / "train.csv"), "has 4 images", "one batch of 64"],
     ),
+    "a memory bank smaller than K": Row(
+        lambda t: [
+            "pretrain",
+            DIGITS,
+            *("--set", "moco.mechanism=memory_bank", "--set", "optim.batch_size=2"),
+            *("--set", f"data.root={tiny_dataset(t)}", *run_files(t)),
+        ],
+        lambda t: ["moco.mechanism=memory_bank", "moco.queue_size=256", "the 4 images of partition 'train'"],
+    ),
+    "a sweep's trial whose bank is smaller than K": Row(
+        lambda t: [
+            "tune",
+            DIGITS_TUNE,
+            *("--set", "tune.space={moco: {mechanism: [moco, memory_bank], negatives: [2, 2048]}}"),
+            *("--set", "optim.batch_size=4", "--set", f"data.root={tiny_dataset(t)}", *run_files(t)),
+        ],
+        lambda t: [
+            "the trial moco.mechanism=memory_bank, moco.negatives=2048",
+            "lower moco.queue_size below",
+        ],
+    ),
+    "end_to_end with split BN": Row(
+        lambda t: [
+            "pretrain",
+            DIGITS,
+            "--set",
+            "moco.mechanism=end_to_end",
+            "--set",
+            "moco.shuffle_bn=split",
+        ],
+        lambda t: ["moco.shuffle_bn=split", "moco.mechanism=end_to_end has no key encoder"],
+    ),
 }
 
 

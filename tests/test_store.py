@@ -84,11 +84,12 @@ def test_loaders_give_the_same_batches_from_the_store_and_from_the_files(tmp_pat
         loader = pretrain_loader(cfg, parts["train"])
         loader.sampler.set_epoch(1)
         batches[store] = [next(iter(loader)), next(iter(eval_loader(cfg.data, parts["test"], 4)))]
-    (q, k), (x, i) = batches[None]
+    (q, k, rows), (x, i) = batches[None]
     assert q.shape == (8, 1, 32, 32) and x.shape == (4, 1, 32, 32) and i.tolist() == [0, 1, 2, 3]
     assert not torch.equal(q, k) and not torch.equal(q[0], q[1])  # per view, per sample
-    (q2, k2), (x2, _) = batches[str(tmp_path / "s")]
+    (q2, k2, rows2), (x2, _) = batches[str(tmp_path / "s")]
     assert torch.equal(q, q2) and torch.equal(k, k2) and torch.equal(x, x2)
+    assert torch.equal(rows, rows2) and len(set(rows.tolist())) == 8  # each sample's row in the partition
     assert float(x.std()) > 0.3  # the 16-bit range became contrast, not a flat image
 
 

@@ -79,6 +79,16 @@ def tune_overrides(root: Path, tmp_path: Path, *extra: str) -> list[str]:
         (["eval.knn_every_epochs=2"], "eval.knn_every_epochs: 1"),
         (["tune.asha.grace_period=4"], "tune.asha.grace_period=4 must be below optim.epochs=4"),
         (["tune.num_samples=0"], "tune.num_samples"),
+        (
+            ["tune.space.moco.mechanism=[moco, simclr]"],
+            "tune.space.moco.mechanism: 'simclr' is not a valid moco.mechanism",
+        ),
+        (["tune.space.moco.temperature=[0.1, fast]"], "space.moco.temperature: 'fast' is not a number"),
+        (
+            ["tune.space.moco.mechanism=[moco, end_to_end]", "tune.space.moco.negatives=[2]"],
+            "tune.space.moco.negatives: 2 is not a valid moco.negatives for moco.mechanism=end_to_end "
+            "(optim.batch_size",
+        ),
     ],
 )
 def test_bad_spaces_are_config_errors_naming_the_key(overrides, fragment):

@@ -20,7 +20,7 @@ from .sections import (
     ScalingConfig,
     TrackingConfig,
 )
-from .sweep import TuneConfig
+from .sweep import NEGATIVES, TuneConfig, resolve_negatives
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 NAME_MAX = 100  # a run folder is <name>-<timestamp>, a sweep's <name>-tune-<timestamp>; a name, moco-<name>
@@ -70,22 +70,35 @@ class ExperimentConfig(Strict):
         if tune is None or any(k not in info.data for k in sections):
             return tune  # another field is invalid: that error is reported instead
         base = {k: v.model_dump(mode="json") if isinstance(v, BaseModel) else v for k, v in info.data.items()}
-        for key, dim in tune.space.dims().items():
-            section, field = key.split(".")
-            section_model = cls.model_fields[section].annotation
-            annotation = section_model.model_fields[field].annotation  # type: ignore[union-attr]
+        dims = tune.space.dims()
+        swept_mechanisms = dims["moco.mechanism"].values if "moco.mechanism" in dims else None
+        for key, dim in dims.items():
+            if key == NEGATIVES:
+                annotation: Any = int
+            else:
+                section, field = key.split(".")
+                section_model = cls.model_fields[section].annotation
+                annotation = section_model.model_fields[field].annotation  # type: ignore[union-attr]
             if annotation is int and dim.kind in ("uniform", "loguniform"):
                 raise ValueError(
                     f"tune.space.{key}: {key} takes whole numbers; use randint or lograndint, or a list"
                 )
+            # K means another field for each mechanism: check it against every swept mechanism
+            mechanisms = (swept_mechanisms or [base["moco"]["mechanism"]]) if key == NEGATIVES else [None]
             for value in dim.probes():
-                try:
-                    ExperimentConfig.model_validate(set_values(base, {key: value}))
-                except ValidationError as e:
-                    reasons = "; ".join(err["msg"] for err in e.errors())
-                    raise ValueError(
-                        f"tune.space.{key}: {value!r} is not a valid {key} ({reasons})"
-                    ) from None
+                for mechanism in mechanisms:
+                    values = {key: value} if mechanism is None else {key: value, "moco.mechanism": mechanism}
+                    try:
+                        ExperimentConfig.model_validate(set_values(base, resolve_negatives(values, "moco")))
+                    except ValidationError as e:
+                        reasons = "; ".join(
+                            f"{'.'.join(map(str, err['loc']))}: {err['msg']}" if err["loc"] else err["msg"]
+                            for err in e.errors()
+                        )
+                        which = f" for moco.mechanism={mechanism}" if mechanism else ""
+                        raise ValueError(
+                            f"tune.space.{key}: {value!r} is not a valid {key}{which} ({reasons})"
+                        ) from None
         ev, optim = info.data["eval"], info.data["optim"]
         metric = tune.metric
         if metric != "train/loss" and ev.knn_every_epochs != 1:
@@ -164,9 +177,18 @@ class ExperimentConfig(Strict):
             return "distributed" if world_size > 1 else "split"
         return mode
 
+    @property
+    def negatives(self) -> int:
+        """K, the negatives each query is contrasted with: the queue or the bank's draw, or the other
+        views of the global batch (end-to-end)."""
+        if self.moco.mechanism == "end_to_end":
+            return 2 * self.optim.batch_size - 2
+        return self.moco.queue_size
+
     def trial(self, values: dict[str, Any]) -> ExperimentConfig:
-        """The config of one sweep trial: ``values`` (dotted keys) applied, no ``tune`` section."""
-        raw = set_values(self.model_dump(mode="json"), values)
+        """The config of one sweep trial: ``values`` (dotted keys; ``moco.negatives`` sets the field
+        of the trial's mechanism) applied, no ``tune`` section."""
+        raw = set_values(self.model_dump(mode="json"), resolve_negatives(values, self.moco.mechanism))
         raw["tune"] = None
         return ExperimentConfig.model_validate(raw)
 

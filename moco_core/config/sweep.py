@@ -21,7 +21,7 @@ class SearchDim(Compact):
     draws one value of each list or range. Integer ranges include both ends.
     """
 
-    values: list[int | float] | None = Field(None, min_length=1)
+    values: list[int | float | str] | None = Field(None, min_length=1)
     uniform: tuple[float, float] | None = None
     loguniform: tuple[float, float] | None = None
     randint: tuple[int, int] | None = None
@@ -64,13 +64,35 @@ class SearchDim(Compact):
 
 
 class MocoSpace(Compact):
+    mechanism: SearchDim | None = None  # moco, end_to_end, memory_bank
     temperature: SearchDim | None = None  # T
-    queue_size: SearchDim | None = None  # K
+    queue_size: SearchDim | None = None  # K of moco and memory_bank
+    # K of each trial's mechanism: moco.queue_size for moco and memory_bank, optim.batch_size = K / 2
+    # for end_to_end (whose 2 x batch - 2 negatives are the other views of the batch)
+    negatives: SearchDim | None = None
     momentum: SearchDim | None = None  # m
 
 
 class OptimSpace(Compact):
     lr: SearchDim | None = None
+    batch_size: SearchDim | None = None
+
+
+NEGATIVES = "moco.negatives"  # a key of the space only: each trial sets the field its mechanism reads
+
+
+def resolve_negatives(values: dict[str, Any], mechanism: str) -> dict[str, Any]:
+    """``values`` with ``moco.negatives`` replaced by the field that holds K for ``mechanism`` (the
+    trial's own ``moco.mechanism`` if it is swept)."""
+    if NEGATIVES not in values:
+        return values
+    out = dict(values)
+    k = int(out.pop(NEGATIVES))
+    if out.get("moco.mechanism", mechanism) == "end_to_end":
+        out["optim.batch_size"] = k // 2
+    else:
+        out["moco.queue_size"] = k
+    return out
 
 
 class TuneSpace(Compact):
@@ -117,9 +139,13 @@ class TuneConfig(Strict):
         dims = self.space.dims()
         if not dims:
             raise ValueError(
-                "space is empty: sweep at least one of moco.temperature, moco.queue_size, "
-                "moco.momentum, optim.lr"
+                "space is empty: sweep at least one of moco.mechanism, moco.temperature, "
+                "moco.queue_size, moco.negatives, moco.momentum, optim.lr, optim.batch_size"
             )
+        for key, dim in dims.items():
+            words = [v for v in dim.values or () if isinstance(v, str)]
+            if words and key != "moco.mechanism":
+                raise ValueError(f"space.{key}: {words[0]!r} is not a number")
         if self.search == "grid":
             ranges = [k for k, d in dims.items() if d.kind != "values"]
             if ranges:

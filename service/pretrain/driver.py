@@ -19,7 +19,7 @@ from moco_core.config import ExperimentConfig
 from moco_core.data import Partition, dataset_fingerprint, scoring_fingerprint
 from moco_core.errors import UserError
 from moco_core.monitor import check_monitor
-from moco_core.pipeline import check_batches, queue_size_warning
+from moco_core.pipeline import check_partition_fits, queue_size_warning
 
 from .. import storage, tracking
 from ..lineage import log_training_data
@@ -111,7 +111,7 @@ def check_inputs(cfg: ExperimentConfig, printer: ProgressPrinter) -> dict[str, P
             "pip install 'moco-service[system-metrics]'"
         )
     parts = read_partitions(cfg, check_files=True)
-    check_batches(cfg, parts["train"])
+    check_partition_fits(cfg, parts["train"])
     check_monitor(cfg, parts)
     if warning := queue_size_warning(len(parts["train"]), cfg):
         printer.message(f"warning: {warning}")

@@ -43,7 +43,8 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
 
     parts = read_partitions(cfg, check_files=False)
     loader = pretrain_loader(cfg, parts["train"], rank, world, device)
-    state = build_train_state(cfg, steps_per_epoch(len(parts["train"]), cfg), world, device)
+    train = parts["train"]
+    state = build_train_state(cfg, steps_per_epoch(len(train), cfg), world, device, n_images=len(train))
     resumed = restore(state)
     hooks = EpochHooks(cfg, state, parts, loop_config, rank, world, device)
     if resumed:
@@ -60,7 +61,7 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
             on_epoch_end=hooks.on_epoch_end,
             world_size=world,
         )
-    check_queues_identical(state)
+    check_shared_buffers(state)
     if not hooks.close():
         log.error("some metrics could not be sent to MLflow %s", loop_config["tracking_uri"])
 
@@ -120,19 +121,22 @@ def wrap_model(state: TrainState, cfg: ExperimentConfig, world: int) -> torch.nn
     return forward
 
 
-def check_queues_identical(state: TrainState) -> None:
-    """At the end of a distributed run, every rank's queue (keys and pointer) equals rank 0's: the
-    invariant the all-gather before enqueue keeps. One broadcast of K x dim; raises if it broke."""
+def check_shared_buffers(state: TrainState) -> None:
+    """At the end of a distributed run, every rank's queue (keys and pointer) or memory bank equals
+    rank 0's: the invariant the all-gather before each update keeps. One broadcast of each; raises if it
+    broke."""
     import torch.distributed as dist
 
     if not dist.is_initialized() or dist.get_world_size() < 2:
         return
-    queue = state.model.queue
-    for mine in (queue.keys.detach(), queue.ptr.detach()):
-        ref = mine.clone()
+    for mine in state.model.shared_buffers():
+        ref = mine.detach().clone()
         dist.broadcast(ref, src=0)
         if not torch.equal(mine, ref):
-            raise RuntimeError(f"rank {dist.get_rank()}: the key queue differs from rank 0's")
+            raise RuntimeError(
+                f"rank {dist.get_rank()}: the {state.model.__class__.__name__} model's shared state "
+                "(queue or bank) differs from rank 0's"
+            )
 
 
 __all__ = ["train_fn_per_worker"]

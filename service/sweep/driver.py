@@ -22,7 +22,6 @@ from typing import Any
 
 from moco_core.config import ExperimentConfig
 from moco_core.monitor import check_monitor
-from moco_core.pipeline import check_batches
 
 from .. import storage, tracking
 from ..prepare import with_store
@@ -33,7 +32,7 @@ from ..records import SweepRecord, storage_path_of
 from .finish import finish
 from .progress import SweepProgress
 from .report import TrialRow, collect
-from .space import SweepError, default_concurrency, default_metric, param_space, trial_plan
+from .space import SweepError, check_trials_fit, default_concurrency, default_metric, param_space, trial_plan
 from .trial import trial_dirname, trial_fn
 
 DRIVER_MEMORY = 64 * 1024**2  # a trial driver asking for no CPU still needs a non-empty resource request
@@ -82,7 +81,7 @@ def tune_sweep(
     say(trial_plan(cfg.tune))
     cfg = absolute_data_paths(cfg)
     parts = read_partitions(cfg, check_files=True)  # dataset faults stop here, before Ray starts
-    check_batches(cfg, parts["train"])
+    check_trials_fit(cfg, parts["train"])
     check_monitor(cfg, parts)
     metric = default_metric(cfg, parts)
     uri = record.tracking_uri if record is not None else tracking.resolve_tracking_uri(cfg.tracking.uri)

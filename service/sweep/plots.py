@@ -1,5 +1,6 @@
 """The plots of a sweep's parent run: the metric against each swept key, all trials in parallel
-coordinates, and the metric per epoch of every trial (where ASHA stopped which)."""
+coordinates, the metric per epoch of every trial (where ASHA stopped which), and where the mechanism is
+swept, the metric against the number of negatives K, one line per mechanism (the MoCo paper's Fig. 3)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,29 @@ def sweep_plots(rows: list[TrialRow], keys: list[str], metric: str, out_dir: Pat
     ]
     written.append(save(parallel_coordinates(scored, keys, metric), out_dir / "parallel_coordinates.png"))
     written.append(save(curves(rows, keys, metric), out_dir / "curves.png"))
+    if "moco.mechanism" in keys:
+        written.append(save(by_mechanism(scored, metric), out_dir / "metric_vs_negatives.png"))
     return written
+
+
+def by_mechanism(scored: list[TrialRow], metric: str) -> Any:
+    """The last-epoch metric against K (log axis), one line per mechanism; a K measured several times
+    (other swept keys, repeats) is their mean."""
+    fig, ax = pyplot().subplots(figsize=(6, 4))
+    for mechanism in sorted({r.mechanism for r in scored}):
+        points: dict[int, list[float]] = {}
+        for r in scored:
+            if r.mechanism == mechanism and r.metric is not None:
+                points.setdefault(r.negatives, []).append(r.metric)
+        ks = sorted(points)
+        ax.plot(ks, [sum(points[k]) / len(points[k]) for k in ks], marker="o", label=mechanism)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("K, negatives per query (end_to_end: 2 x batch - 2)")
+    ax.set_ylabel(f"{metric} (last epoch)")
+    ax.set_title(f"{metric} vs K, by mechanism")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return fig
 
 
 def metric_vs_key(scored: list[TrialRow], k: str, metric: str) -> Any:
@@ -32,7 +55,7 @@ def metric_vs_key(scored: list[TrialRow], k: str, metric: str) -> Any:
         pts = [(r.values[k], r.metric) for r in scored if r.status == status and r.values.get(k) is not None]
         if pts:
             ax.scatter([p[0] for p in pts], [p[1] for p in pts], c=color, label=status)
-    if k in ("moco.queue_size", "optim.lr"):
+    if k in ("moco.queue_size", "moco.negatives", "optim.lr", "optim.batch_size"):
         ax.set_xscale("log")
     ax.set_xlabel(f"{k} ({SHORT.get(k, k)})")
     ax.set_ylabel(f"{metric} (last epoch)")
@@ -47,7 +70,11 @@ def parallel_coordinates(scored: list[TrialRow], keys: list[str], metric: str) -
     plt = pyplot()
     axes = [*keys, metric]
     fig, ax = plt.subplots(figsize=(1.8 * len(axes) + 2, 4))
-    columns = {a: [float(r.values[a]) if a in r.values else r.metric for r in scored] for a in axes}
+    names = {a: sorted({str(r.values[a]) for r in scored if isinstance(r.values.get(a), str)}) for a in keys}
+    columns = {
+        a: [_coordinate(r.values[a], names.get(a, [])) if a in r.values else r.metric for r in scored]
+        for a in axes
+    }
     cmap = plt.get_cmap("viridis")
     m_lo, m_hi = min(columns[metric], default=0.0), max(columns[metric], default=1.0)
     for i, r in enumerate(scored):
@@ -64,13 +91,22 @@ def parallel_coordinates(scored: list[TrialRow], keys: list[str], metric: str) -
             marker="o",
             label=f"#{r.rank} {r.trial_id}",
         )
-    ticks = [f"{SHORT.get(a, a)}\n[{min(columns[a]):.3g}, {max(columns[a]):.3g}]" for a in axes]
+    ticks = [
+        f"{SHORT.get(a, a)}\n"
+        + ("|".join(names[a]) if names.get(a) else f"[{min(columns[a]):.3g}, {max(columns[a]):.3g}]")
+        for a in axes
+    ]
     ax.set_xticks(range(len(axes)), ticks)
     ax.set_yticks([])
     ax.set_title(f"all trials (dashed: stopped early); colour: {metric}")
     if len(scored) <= 12:
         ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     return fig
+
+
+def _coordinate(value: Any, names: list[str]) -> float:
+    """A number as itself, a word (a mechanism) as its place among the axis's words."""
+    return float(names.index(value)) if isinstance(value, str) else float(value)
 
 
 def curves(rows: list[TrialRow], keys: list[str], metric: str) -> Any:

@@ -16,7 +16,15 @@ from .. import storage
 from ..next_steps import browse_and_pull, registered_line
 from ..records import RunRecord, SweepRecord
 
-SHORT = {"moco.temperature": "T", "moco.queue_size": "K", "moco.momentum": "m", "optim.lr": "lr"}
+SHORT = {
+    "moco.mechanism": "mechanism",
+    "moco.temperature": "T",
+    "moco.queue_size": "K",
+    "moco.negatives": "K",
+    "moco.momentum": "m",
+    "optim.lr": "lr",
+    "optim.batch_size": "batch",
+}
 STATUS_ORDER = {"finished": 0, "early-stopped": 1, "error": 2}
 
 
@@ -41,6 +49,8 @@ class TrialRow:
     folder: str  # the trial's Ray Train run
     history: list[tuple[int, float]] = field(default_factory=list)  # (epoch, metric)
     rank: int = 0
+    mechanism: str = "moco"
+    negatives: int = 0  # K each query saw (ExperimentConfig.negatives of the trial's config)
 
     def latest_checkpoint(self) -> str | None:
         """The trial's last epoch checkpoint (a folder or a URI)."""
@@ -79,10 +89,12 @@ def collect(results: Any, record: SweepRecord, cfg: ExperimentConfig, keys: list
                 if _float(e) is not None and _float(v) is not None:
                     seen[int(e)] = float(v)
             history = sorted(seen.items())
+        values = {k: (r.config or {}).get(k) for k in keys}
+        trial_cfg = cfg.trial(values)
         rows.append(
             TrialRow(
                 trial_id=trial_id,
-                values={k: (r.config or {}).get(k) for k in keys},
+                values=values,
                 status=status,
                 epochs=epochs,
                 metric=_float(m.get(record.metric)),
@@ -90,6 +102,8 @@ def collect(results: Any, record: SweepRecord, cfg: ExperimentConfig, keys: list
                 run_id=run_id,
                 folder=str(folder),
                 history=history,
+                mechanism=trial_cfg.moco.mechanism,
+                negatives=trial_cfg.negatives,
             )
         )
     sign = -1.0 if record.mode == "max" else 1.0
@@ -112,6 +126,7 @@ def table_rows(rows: list[TrialRow], keys: list[str], metric: str) -> list[dict[
             "status": r.status,
             "epochs": r.epochs,
             **{k: r.values.get(k) for k in keys},
+            "negatives": r.negatives,
             metric: r.metric,
             "train/loss": r.train_loss,
             "run_id": r.run_id,

@@ -3,11 +3,16 @@ trials there are and how many run at once."""
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
-from moco_core.config import ExperimentConfig, TuneConfig
+from pydantic import ValidationError
+
+from moco_core.config import ConfigError, ExperimentConfig, TuneConfig
+from moco_core.data import Partition
 from moco_core.errors import UserError
 from moco_core.monitor import can_monitor, monitor_metric
+from moco_core.pipeline import check_partition_fits
 
 
 class SweepError(UserError, RuntimeError):
@@ -57,6 +62,23 @@ def param_space(tune_cfg: TuneConfig) -> dict[str, Any]:
     return space
 
 
+def check_trials_fit(cfg: ExperimentConfig, train: Partition) -> None:
+    """Every combination of the space's listed values (and range ends) makes a valid trial that fits
+    ``train`` (a swept batch, K or mechanism included), before Ray starts."""
+    assert cfg.tune is not None
+    dims = cfg.tune.space.dims()
+    for combo in itertools.product(*(d.probes() for d in dims.values())):
+        values = dict(zip(dims, combo, strict=True))
+        shown = ", ".join(f"{k}={v}" for k, v in values.items())
+        try:
+            check_partition_fits(cfg.trial(values), train)
+        except ValidationError as e:
+            reasons = "; ".join(err["msg"].removeprefix("Value error, ") for err in e.errors())
+            raise SweepError(f"the trial {shown} is not a valid experiment: {reasons}") from None
+        except ConfigError as e:
+            raise SweepError(f"the trial {shown}: {e}") from None
+
+
 def trial_plan(tune_cfg: TuneConfig) -> str:
     """The line ``moco tune`` prints before the sweep starts: how many trials, and why that many."""
     dims = tune_cfg.space.dims()
@@ -80,4 +102,11 @@ def default_concurrency(cfg: ExperimentConfig) -> int:
     return max(1, n)
 
 
-__all__ = ["SweepError", "default_metric", "param_space", "trial_plan", "default_concurrency"]
+__all__ = [
+    "SweepError",
+    "default_metric",
+    "param_space",
+    "check_trials_fit",
+    "trial_plan",
+    "default_concurrency",
+]
