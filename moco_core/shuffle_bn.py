@@ -122,21 +122,61 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
         return out
 
 
+class SplitBatchNormAct2d(SplitBatchNorm2d):
+    """timm's ``BatchNormAct2d`` (batch norm, then its ``drop`` and ``act`` modules, as in DenseNet and
+    EfficientNet) with split statistics: the same children under the same names, so the state dict
+    is the original's key by key."""
+
+    def __init__(self, num_features: int, num_splits: int, drop: nn.Module, act: nn.Module, **kw) -> None:
+        super().__init__(num_features, num_splits, **kw)
+        self.drop = drop
+        self.act = act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.drop(super().forward(x)))
+
+
+def _is_batch_norm_act(module: nn.Module) -> bool:
+    try:
+        from timm.layers import BatchNormAct2d
+    except ImportError:  # pragma: no cover - timm is a dependency
+        return False
+    return isinstance(module, BatchNormAct2d)
+
+
 def convert_split_bn(module: nn.Module, num_splits: int) -> nn.Module:
-    """Replace every BatchNorm2d in ``module`` (in place) by a :class:`SplitBatchNorm2d`, same state."""
+    """Replace every BatchNorm2d in ``module`` (in place) by a :class:`SplitBatchNorm2d`, same state:
+    ``nn.BatchNorm2d``, timm's ``BatchNormAct2d`` (its activation kept: :class:`SplitBatchNormAct2d`),
+    and any subclass that keeps BatchNorm2d's forward. A module without batch norm (a ViT) is left as
+    it is. A BatchNorm2d subclass with a forward of its own is refused: replacing it would change what
+    it computes."""
     for name, child in module.named_children():
         if isinstance(child, nn.BatchNorm2d) and not isinstance(child, SplitBatchNorm2d):
-            new = SplitBatchNorm2d(
-                child.num_features,
-                num_splits,
+            kw = dict(
                 eps=child.eps,
                 momentum=child.momentum,
                 affine=child.affine,
                 track_running_stats=child.track_running_stats,
-            ).to(device=child.weight.device, dtype=child.weight.dtype)
+            )
+            if _is_batch_norm_act(child):
+                new: SplitBatchNorm2d = SplitBatchNormAct2d(
+                    child.num_features, num_splits, child.drop, child.act, **kw
+                )
+            elif type(child).forward is nn.BatchNorm2d.forward:
+                new = SplitBatchNorm2d(child.num_features, num_splits, **kw)
+            else:
+                raise ValueError(
+                    f"split BN cannot convert {name} ({type(child).__module__}.{type(child).__qualname__}, "
+                    "a BatchNorm2d with a forward of its own); use moco.shuffle_bn: off, or distributed "
+                    "with scaling.workers >= 2"
+                )
+            ref = child.weight if child.affine else child.running_mean
+            if ref is not None:
+                new = new.to(device=ref.device, dtype=ref.dtype)
             new.load_state_dict(child.state_dict())
             new.train(child.training)
-            new.requires_grad_(child.weight.requires_grad)
+            if child.affine:
+                new.requires_grad_(child.weight.requires_grad)
             setattr(module, name, new)
         else:
             convert_split_bn(child, num_splits)
