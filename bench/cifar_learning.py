@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from moco_core.backbones import create_backbone
+from moco_core.backbones import backbone_for
 from moco_core.checkpoint import backbone_from_checkpoint, load_checkpoint
 from moco_core.config import load_config
 from moco_core.data import read_dataset
@@ -63,7 +63,7 @@ def one_seed(args: argparse.Namespace, seed: int, work: Path) -> tuple[float, fl
     took = time.monotonic() - t0
     trained = backbone_from_checkpoint(cfg, load_checkpoint(result.checkpoint_path))
     torch.manual_seed(seed)
-    random_init = create_backbone(cfg.model.arch, cfg.data.channels, cfg.model.small_image_stem)
+    random_init = backbone_for(cfg)
     return knn_test_top1(cfg, trained), knn_test_top1(cfg, random_init), took
 
 

@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from moco_core.backbones import create_backbone
+from moco_core.backbones import backbone_for
 from moco_core.config import load_config
 from moco_core.data import read_dataset
 from moco_core.digits import write_digits
@@ -66,7 +66,7 @@ def single_gpu(root: Path) -> None:
         )[1]
 
     torch.manual_seed(0)
-    rand = create_backbone(cfg.model.arch, cfg.data.channels, cfg.model.small_image_stem).to(dev)
+    rand = backbone_for(cfg).to(dev)
     print(
         f"single GPU ({torch.cuda.get_device_name()}), bf16 autocast, split BN: "
         f"{hist[-1]['train/images_per_s']:.0f} img/s in the last epoch, {secs:.1f} s for 2 epochs, "

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .backbones import create_backbone
+from .backbones import backbone_for
 from .config import ExperimentConfig
 from .engine import TrainState
 
@@ -47,7 +47,7 @@ def restore(state: TrainState, folder: str | Path) -> None:
 def backbone_from_checkpoint(cfg: ExperimentConfig, state_dict: dict[str, Any]) -> nn.Module:
     """The query encoder's backbone of a training checkpoint, as a plain backbone (batch norm, whatever
     the training used) in eval mode."""
-    backbone = create_backbone(cfg.model.arch, cfg.data.channels, cfg.model.small_image_stem)
+    backbone = backbone_for(cfg)
     n = len(BACKBONE_PREFIX)
     backbone.load_state_dict(
         {k[n:]: v for k, v in state_dict["model"].items() if k.startswith(BACKBONE_PREFIX)}

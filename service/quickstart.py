@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from moco_core.backbones import create_backbone
+from moco_core.backbones import backbone_for
 from moco_core.checkpoint import backbone_from_checkpoint, load_checkpoint
 from moco_core.config import ExperimentConfig, load_config
 from moco_core.data import DataError, read_dataset
@@ -40,7 +40,7 @@ def quickstart(workdir: Path = Path("."), epochs: int | None = None, workers: in
     printer.message("[3/4] evaluate: kNN on the test partition, against a random-init encoder")
     trained = backbone_from_checkpoint(cfg, load_checkpoint(result.published_checkpoint_path))
     torch.manual_seed(cfg.run.seed)
-    random_init = create_backbone(cfg.model.arch, cfg.data.channels, cfg.model.small_image_stem)
+    random_init = backbone_for(cfg)
     print_scores(cfg, knn_on_test(cfg, {"MoCo (this run)": trained, "random init": random_init}))
 
     printer.message("\n[4/4] registry")

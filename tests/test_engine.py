@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from moco_core.backbones import create_backbone
+from moco_core.backbones import backbone_for
 from moco_core.config import ExperimentConfig
 from moco_core.data import read_dataset
 from moco_core.engine import NonFiniteLossError, build_train_state, fit, train_step
@@ -25,7 +25,7 @@ def test_single_process_training_beats_random_init(digits_root, tmp_path):
     assert history[-1]["train/pos_logit"] > history[-1]["train/neg_logit"] + 0.1
     # what pretraining buys shows with few labels (about 5 per digit; docs/evaluate.md)
     torch.manual_seed(cfg.run.seed)
-    random_init = create_backbone(cfg.model.arch, cfg.data.channels, cfg.model.small_image_stem)
+    random_init = backbone_for(cfg)
     trained, base = val_knn(cfg, state.model.encoder_q.backbone, 0.05), val_knn(cfg, random_init, 0.05)
     print(
         f"kNN top-1 (k={cfg.eval.knn_k}, 5 % of the labels) on val: "

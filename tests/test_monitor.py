@@ -51,7 +51,7 @@ def _free_port() -> int:
 
 
 def _rank(rank: int, world: int, port: int, root: str, out_dir: str) -> None:
-    from moco_core.backbones import create_backbone
+    from moco_core.backbones import backbone_for
     from moco_core.data import read_dataset
     from moco_core.monitor import KnnMonitor, gather_rows
 
@@ -64,7 +64,7 @@ def _rank(rank: int, world: int, port: int, root: str, out_dir: str) -> None:
         cfg = small_config(Path(root), Path(out_dir), "eval.knn_label_fraction=0.05")
         parts = read_dataset(root, partitions=("train", "val"))
         torch.manual_seed(0)
-        backbone = create_backbone(cfg.model.arch, cfg.data.channels, cfg.model.small_image_stem)
+        backbone = backbone_for(cfg)
         monitor = KnnMonitor(cfg, parts, rank, world)
         result = {
             "gathered": gathered.flatten().tolist(),
@@ -77,7 +77,7 @@ def _rank(rank: int, world: int, port: int, root: str, out_dir: str) -> None:
 
 
 def test_monitor_sharded_over_two_gloo_ranks_equals_one_process(digits_root, tmp_path):
-    from moco_core.backbones import create_backbone
+    from moco_core.backbones import backbone_for
     from moco_core.data import read_dataset
     from moco_core.monitor import KnnMonitor
 
@@ -88,7 +88,7 @@ def test_monitor_sharded_over_two_gloo_ranks_equals_one_process(digits_root, tmp
     cfg = small_config(digits_root, tmp_path, "eval.knn_label_fraction=0.05")
     parts = read_dataset(digits_root, partitions=("train", "val"))
     torch.manual_seed(0)
-    backbone = create_backbone(cfg.model.arch, cfg.data.channels, cfg.model.small_image_stem)
+    backbone = backbone_for(cfg)
     alone = KnnMonitor(cfg, parts)
     (expected,) = alone.measure(backbone).values()
     for r in res:

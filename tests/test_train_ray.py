@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 from torch.nn import functional as F
 
 from moco_core.augment import BatchViews, normalization, recipe
-from moco_core.backbones import create_backbone
+from moco_core.backbones import backbone_for
 from moco_core.checkpoint import backbone_from_checkpoint, load_checkpoint
 from moco_core.config import ConfigError
 from moco_core.data import DataError, read_dataset
@@ -87,7 +87,7 @@ def test_two_gloo_workers_learn_track_and_register(digits_run):
     )
     trained = backbone_from_checkpoint(cfg, final)
     torch.manual_seed(cfg.run.seed)
-    random_init = create_backbone(cfg.model.arch, cfg.data.channels, cfg.model.small_image_stem)
+    random_init = backbone_for(cfg)
     trained_knn, random_knn = val_knn(cfg, trained, 0.05), val_knn(cfg, random_init, 0.05)
     print(
         f"held-out InfoNCE {trained_loss:.4f} vs random init {random_loss:.4f}; "

@@ -42,11 +42,36 @@ class DataConfig(Strict):
 
 
 class ModelConfig(Strict):
-    arch: Literal["resnet18", "resnet34", "resnet50"] = "resnet18"
-    small_image_stem: bool = True  # 3x3 stride-1 first conv, no max-pool (images <= 64 px)
+    # resnet18 | resnet34 | resnet50 (torchvision), or timm:<name> for any timm model (timm.list_models())
+    arch: str = "resnet18"
+    # 3x3 stride-1 first conv, no max-pool (images <= 64 px): the ResNets, timm's ResNets and DenseNets;
+    # no effect on other timm models
+    small_image_stem: bool = True
     head: Literal["linear", "mlp"] = "mlp"  # MoCo v1: linear; v2: MLP
     dim: int = Field(128, ge=1)  # embedding size of q and k
     hidden_dim: int | None = Field(None, ge=1)  # MLP hidden size; default: the backbone's
+    # what pretraining starts from: random, a state_dict file of the backbone (torch.save of its
+    # state_dict, read with weights_only=True), or an encoder reference (models:/NAME@ALIAS, runs:/...,
+    # an encoder package folder), which moco pretrain resolves to a file before training
+    init: str = "random"
+    # set by moco pretrain (leave it unset): the local state_dict file that init resolved to
+    init_resolved: str | None = None
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, v: str) -> str:
+        from ..archs import arch_problem
+
+        if problem := arch_problem(v):
+            raise ValueError(problem)
+        return v
+
+    @field_validator("init")
+    @classmethod
+    def _init_given(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("give random, a state_dict file, or an encoder reference")
+        return v.strip()
 
 
 MECHANISMS = ("moco", "end_to_end", "memory_bank")

@@ -166,7 +166,7 @@ def encoders(backbone: nn.Module, meta: dict, baseline: str | None, seed: int) -
     if baseline == "random":
         torch.manual_seed(seed)
         out["random init"] = create_backbone(
-            meta["arch"], int(meta["in_channels"]), bool(meta["small_image_stem"])
+            meta["arch"], int(meta["in_channels"]), bool(meta["small_image_stem"]), int(meta["image_size"])
         )
     return out
 
