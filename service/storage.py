@@ -69,6 +69,24 @@ def write_text(path: str, text: str) -> None:
         raise StorageError(f"cannot write {path}: {e}") from None
 
 
+def write_bytes(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` (parent folders created); atomic for local folders."""
+    if not is_uri(path):
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(Path(path), lambda tmp: tmp.write_bytes(data))
+        except OSError as e:
+            raise StorageError(f"cannot write {path}: {e.strerror or e}") from None
+        return
+    fs, inner = _fs(path)
+    try:
+        fs.create_dir(inner.rsplit("/", 1)[0], recursive=True)
+        with fs.open_output_stream(inner) as f:
+            f.write(data)
+    except OSError as e:
+        raise StorageError(f"cannot write {path}: {e}") from None
+
+
 def read_text(path: str) -> str:
     if not is_uri(path):
         return Path(path).read_text()
@@ -156,6 +174,7 @@ __all__ = [
     "absolute",
     "join",
     "write_text",
+    "write_bytes",
     "read_text",
     "exists",
     "make_dir_exclusive",

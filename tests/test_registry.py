@@ -76,6 +76,8 @@ def test_package_round_trip_gives_identical_outputs(tmp_path):
     assert meta["data_fingerprint"] == FP and meta["source_run_id"] is None
     assert meta["metrics"] == {METRIC: 0.5}
     assert meta["moco"]["queue_size"] == _cfg().moco.queue_size and meta["model"]["arch"] == "resnet18"
+    assert meta["arch_source"]["library"] == "torchvision" and meta["arch_source"]["name"] == "resnet18"
+    assert meta["init"] == {"given": "random", "resolved": None}
     # the weights file holds tensors only: it loads with the restricted unpickler
     state = torch.load(out / WEIGHTS, weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in state.values())
@@ -141,6 +143,17 @@ def test_wrong_arch_in_encoder_json_is_refused(package):
     (package / ENCODER_JSON).write_text(json.dumps(meta))
     with pytest.raises(EncoderError, match=r"weights\.pt does not fit.*resnet34"):
         read_encoder_package(package)
+
+
+def test_a_package_written_before_timm_and_model_init_still_reads(package):
+    meta = json.loads((package / ENCODER_JSON).read_text())
+    for key in ("arch_source", "init"):
+        del meta[key]
+    for key in ("init", "init_resolved"):
+        del meta["model"][key]
+    (package / ENCODER_JSON).write_text(json.dumps(meta))
+    back, read = read_encoder_package(package)
+    assert read["arch"] == "resnet18" and back.feature_dim == 512
 
 
 def test_missing_keys_in_weights_are_refused(package):

@@ -3,7 +3,10 @@
 * ``weights.pt``: the backbone's ``state_dict`` (tensors only), read back with
   ``torch.load(..., weights_only=True)``; a pulled encoder can never run code on the puller's machine;
 * ``encoder.json``: everything needed to rebuild and feed the backbone (arch, stem, channels, feature
-  width, image size, normalisation) plus where it came from (MoCo config, data fingerprint, run, metrics).
+  width, image size, normalisation) plus where it came from (MoCo config, data fingerprint, run, metrics;
+  ``arch_source``: the library, its version and the model's name there; ``init``: ``model.init`` as given
+  and the file it resolved to). A package without the later keys (``arch_source``, ``init``) reads as
+  before. A timm arch is rebuilt with the package's ``image_size`` (a ViT's input size).
 
 A package is checked when it is written (the state dict must load into a fresh backbone of the config)
 and when it is read (JSON keys, format version, strict load), so a package that could not be used is
@@ -20,8 +23,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from moco_core.archs import arch_problem, timm_name
 from moco_core.augment import normalization
-from moco_core.backbones import ARCHS, create_backbone
+from moco_core.backbones import RANDOM, create_backbone
 from moco_core.config import ExperimentConfig
 from moco_core.errors import UserError
 
@@ -71,7 +75,7 @@ def write_encoder_package(
     net = _unwrap(backbone)
     state = {k: v.detach().to("cpu").contiguous() for k, v in net.state_dict().items()}
     arch, channels, stem = cfg.model.arch, cfg.data.channels, cfg.model.small_image_stem
-    fresh = create_backbone(arch, channels, stem)
+    fresh = create_backbone(arch, channels, stem, cfg.data.image_size)
     try:
         fresh.load_state_dict(state, strict=True)
     except RuntimeError as e:
@@ -85,6 +89,7 @@ def write_encoder_package(
         "name": cfg.name,
         "arch": arch,
         "small_image_stem": stem,
+        "arch_source": arch_source(arch),
         "in_channels": channels,
         "feature_dim": int(fresh.feature_dim),  # type: ignore[arg-type]
         "image_size": cfg.data.image_size,
@@ -93,6 +98,7 @@ def write_encoder_package(
         "augment_recipe": cfg.augment.recipe,
         "moco": cfg.moco.model_dump(mode="json"),
         "model": cfg.model.model_dump(mode="json"),
+        "init": init_record(cfg),
         "data_fingerprint": fingerprint,
         "source_run_id": run_id,
         "metrics": {str(k): _finite_or_none(v) for k, v in (metrics or {}).items()},
@@ -102,6 +108,46 @@ def write_encoder_package(
     text = json.dumps(meta, indent=2, allow_nan=False) + "\n"
     write_atomic(out / ENCODER_JSON, lambda p: p.write_text(text))
     return out
+
+
+def arch_source(arch: str) -> dict[str, str]:
+    """Where ``arch`` comes from: the library, its version and the model's name there."""
+    name = timm_name(arch)
+    if name is not None:
+        import timm
+
+        return {"library": "timm", "version": timm.__version__, "name": name}
+    import torchvision
+
+    return {"library": "torchvision", "version": torchvision.__version__, "name": arch}
+
+
+def init_record(cfg: ExperimentConfig) -> dict[str, str | None]:
+    """What pretraining started from: ``model.init`` as given, and the state_dict file it resolved to
+    (``None`` for a random start)."""
+    given = cfg.model.init
+    if given == RANDOM:
+        return {"given": given, "resolved": None}
+    return {"given": given, "resolved": cfg.model.init_resolved or given}
+
+
+def backbone_of_meta(meta: dict[str, Any]) -> nn.Module:
+    """A fresh (random-init) backbone of the architecture a validated ``encoder.json`` describes."""
+    return create_backbone(
+        meta["arch"], int(meta["in_channels"]), bool(meta["small_image_stem"]), int(meta["image_size"])
+    )
+
+
+def _written_with(meta: dict[str, Any]) -> str:
+    """A note when the package's arch library (timm) is another version than this one's."""
+    src = meta.get("arch_source")
+    if not isinstance(src, dict) or src.get("library") != "timm":
+        return ""
+    import timm
+
+    if src.get("version") == timm.__version__:
+        return ""
+    return f" (the package was written with timm {src.get('version')}, this is timm {timm.__version__})"
 
 
 def package_dir(path: Path) -> Path:
@@ -139,8 +185,11 @@ def read_encoder_meta(path: str | Path) -> dict:
     missing = [k for k in required if k not in meta]
     if missing:
         raise EncoderError(f"{meta_file}: missing keys {missing}")
-    if meta["arch"] not in ARCHS:
-        raise EncoderError(f"{meta_file}: unknown arch {meta['arch']!r}; this code knows {sorted(ARCHS)}")
+    if not isinstance(meta["arch"], str) or (problem := arch_problem(meta["arch"])):
+        shown = problem if isinstance(meta["arch"], str) else f"arch {meta['arch']!r} is not a name"
+        raise EncoderError(f"{meta_file}: {shown}{_written_with(meta)}")
+    if not isinstance(meta["image_size"], int) or isinstance(meta["image_size"], bool):
+        raise EncoderError(f"{meta_file}: image_size must be a whole number, not {meta['image_size']!r}")
     if meta["in_channels"] not in (1, 3):
         raise EncoderError(f"{meta_file}: in_channels must be 1 or 3, not {meta['in_channels']!r}")
     ch = meta["in_channels"]
@@ -176,7 +225,7 @@ def read_encoder_package(path: str | Path) -> tuple[nn.Module, dict]:
         raise EncoderError(
             f"{weights}: expected a state_dict (a mapping of names to tensors), got {type(state).__name__}"
         )
-    backbone = create_backbone(meta["arch"], int(meta["in_channels"]), bool(meta["small_image_stem"]))
+    backbone = backbone_of_meta(meta)
     try:
         backbone.load_state_dict(state, strict=True)
     except RuntimeError as e:
@@ -185,7 +234,8 @@ def read_encoder_package(path: str | Path) -> tuple[nn.Module, dict]:
             detail = detail[:600] + " ..."
         raise EncoderError(
             f"{weights} does not fit the backbone described by {meta_file} (arch={meta['arch']}, "
-            f"in_channels={meta['in_channels']}, small_image_stem={meta['small_image_stem']}): {detail}"
+            f"in_channels={meta['in_channels']}, small_image_stem={meta['small_image_stem']}): "
+            f"{detail}{_written_with(meta)}"
         ) from None
     fd = meta.get("feature_dim")
     if fd is not None and int(fd) != int(backbone.feature_dim):  # type: ignore[arg-type]
