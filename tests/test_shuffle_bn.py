@@ -92,6 +92,22 @@ def test_convert_keeps_state_dict_keys():
     assert isinstance(net[1], SplitBatchNorm2d) and isinstance(net[2][0], SplitBatchNorm2d)
 
 
+class _PlainSubclass(nn.BatchNorm2d):  # BatchNorm2d's own forward: converted
+    pass
+
+
+class _OwnForward(nn.BatchNorm2d):  # a forward of its own: replacing it would change what it computes
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) * 2
+
+
+def test_convert_refuses_a_batch_norm_with_a_forward_of_its_own():
+    net = nn.Sequential(_PlainSubclass(4))
+    assert isinstance(convert_split_bn(net, 2)[0], SplitBatchNorm2d)
+    with pytest.raises(ValueError, match=r"split BN cannot convert 1 .*_OwnForward.*moco\.shuffle_bn: off"):
+        convert_split_bn(nn.Sequential(nn.Conv2d(1, 4, 3), _OwnForward(4)), 2)
+
+
 def test_split_bn_statistics_are_fp32_under_bf16_activations():
     torch.manual_seed(0)
     x = (torch.randn(64, 3, 16, 16) * 0.01 + 3.0).to(torch.bfloat16)  # a large mean, a small spread
