@@ -47,7 +47,7 @@ def _heldout_infonce(cfg, model_state) -> float:
     val = read_dataset(cfg.data.root, partitions=("val",))["val"]
     r = recipe(cfg.augment.recipe, cfg.data.image_size, cfg.data.channels)
     samples = PretrainSamples(images_of(cfg.data, val), r, seed=7)
-    images, pq, pk = (torch.stack(t) for t in zip(*(samples[(i, 0)] for i in range(len(val)))))
+    images, pq, pk = (torch.stack(t) for t in zip(*(samples[(i, 0)][:3] for i in range(len(val)))))
     views = BatchViews(r, *normalization(cfg.data.channels, cfg.data.normalization))
     q = F.normalize(model.encoder_q(views(images, pq)), dim=1)  # N x C
     k = F.normalize(model.encoder_q(views(images, pk)), dim=1)  # N x C

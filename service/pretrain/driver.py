@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from moco_core.backbones import check_arch_fits
 from moco_core.checkpoint import load_checkpoint
 from moco_core.config import ExperimentConfig
 from moco_core.data import Partition, dataset_fingerprint, scoring_fingerprint
@@ -27,6 +28,7 @@ from ..prepare import with_store
 from ..progress import ProgressPrinter, ProgressRelay
 from ..ray_cluster import check_resources, ensure_ray, train_logging
 from ..records import RunRecord, storage_path_of
+from ..registry.init import resolve_init
 from ..registry.publish import publish_encoder
 from .epochs import SCORE_KEY, UNMEASURED
 from .failures import fault_of_the_run, fit_with_retries
@@ -79,6 +81,7 @@ def pretrain(
     uri = record.tracking_uri if record is not None else tracking.resolve_tracking_uri(cfg.tracking.uri)
     tracking.check_reachable(uri)  # an unreachable MLflow stops here too
     storage.check_writable(storage_path_of(cfg))  # and a full or read-only run.storage_path
+    cfg = resolve_init(cfg, uri=uri)  # model.init: read and checked here, a file the workers read
     if record is not None and record.trained is not None:  # trained; publishing failed: no Ray needed
         record.mark("running")
         with record.held():
@@ -111,6 +114,7 @@ def check_inputs(cfg: ExperimentConfig, printer: ProgressPrinter) -> dict[str, P
             "pip install 'moco-service[system-metrics]'"
         )
     parts = read_partitions(cfg, check_files=True)
+    check_arch_fits(cfg)
     check_partition_fits(cfg, parts["train"])
     check_monitor(cfg, parts)
     if warning := queue_size_warning(len(parts["train"]), cfg):

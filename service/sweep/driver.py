@@ -20,6 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from moco_core.backbones import check_arch_fits
 from moco_core.config import ExperimentConfig
 from moco_core.monitor import check_monitor
 
@@ -29,6 +30,7 @@ from ..pretrain.inputs import absolute_data_paths, read_partitions
 from ..progress import say
 from ..ray_cluster import check_resources, ensure_ray
 from ..records import SweepRecord, storage_path_of
+from ..registry.init import resolve_init
 from .finish import finish
 from .progress import SweepProgress
 from .report import TrialRow, collect
@@ -81,12 +83,14 @@ def tune_sweep(
     say(trial_plan(cfg.tune))
     cfg = absolute_data_paths(cfg)
     parts = read_partitions(cfg, check_files=True)  # dataset faults stop here, before Ray starts
+    check_arch_fits(cfg)
     check_trials_fit(cfg, parts["train"])
     check_monitor(cfg, parts)
     metric = default_metric(cfg, parts)
     uri = record.tracking_uri if record is not None else tracking.resolve_tracking_uri(cfg.tracking.uri)
     tracking.check_reachable(uri)
     storage.check_writable(storage_path_of(cfg))  # and a full or read-only run.storage_path
+    cfg = resolve_init(cfg, uri=uri)  # model.init: read and checked once for every trial
     cfg = with_store(cfg, say, address)  # checked, or prepared (data.prepare: auto)
     check_resources(cfg.scaling, remote=ensure_ray(address))
     if record is not None:
