@@ -5,7 +5,6 @@ import io
 import json
 import math
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -24,6 +23,7 @@ from moco_core.model import MoCo, build_moco
 from moco_core.pipeline import pretrain_loader, steps_per_epoch
 
 from .conftest import small_config
+from .servers import free_ports
 
 
 def _tiny(mechanism: str, **moco) -> ExperimentConfig:
@@ -81,12 +81,6 @@ def test_end_to_end_gradients_reach_the_key_view_and_only_there():
     assert not hasattr(build_moco(_tiny("end_to_end")), "encoder_k")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _e2e_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -113,7 +107,7 @@ def test_end_to_end_negatives_are_the_other_views_of_the_global_batch(tmp_path):
     """2 gloo processes, 4 images each: every anchor's negatives are exactly the 2 x 8 - 2 other views
     of the global batch, and the averaged gradient is the gradient of one process's loss over it."""
     world = 2
-    mp.spawn(_e2e_worker, args=(world, _free_port(), str(tmp_path)), nprocs=world, join=True)
+    mp.spawn(_e2e_worker, args=(world, free_ports(1)[0], str(tmp_path)), nprocs=world, join=True)
     res = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(world)]
     t = _tiny("end_to_end").moco.temperature
     everyone = torch.cat([r["z"] for r in res])  # 16 views: rank 0's 8, then rank 1's
