@@ -158,6 +158,16 @@ def probe_output_dim(backbone: nn.Module, in_channels: int, image_size: int) -> 
 # does the arch fit the images
 
 
+def patch_projection(backbone: nn.Module) -> nn.Module:
+    """A ViT's patch embedding (timm's ``patch_embed.proj``); ValueError for a model without one."""
+    proj = getattr(getattr(backbone, "patch_embed", None), "proj", None)
+    if not isinstance(proj, nn.Module):
+        raise ValueError(
+            "model.freeze_patch_embed needs a model with a patch embedding (a timm ViT: patch_embed.proj)"
+        )
+    return proj
+
+
 def check_arch_fits(cfg: ExperimentConfig) -> None:
     """``model.arch`` builds for ``data.image_size`` and ``data.channels`` and maps one such image to
     its ``feature_dim`` features; a ViT's patches tile the image exactly (``image_size`` a multiple of
@@ -170,6 +180,11 @@ def check_arch_fits(cfg: ExperimentConfig) -> None:
             net = backbone_for(cfg)
     except Exception as e:  # noqa: BLE001 - whatever the model's constructor says
         raise ConfigError(f"{what}: the model cannot be built: {_first_line(e)}") from None
+    if cfg.model.freeze_patch_embed:
+        try:
+            patch_projection(net)
+        except ValueError as e:
+            raise ConfigError(f"model.arch={arch}: {e}") from None
     for name, module in net.named_modules():
         patch = _patch_size(module)
         if patch is not None and (size % patch[0] or size % patch[1]):
@@ -333,6 +348,7 @@ __all__ = [
     "initial_backbone",
     "init_file",
     "feature_dim",
+    "patch_projection",
     "probe_output_dim",
     "check_arch_fits",
     "classifier_prefixes",

@@ -17,10 +17,10 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-from .config import ConfigError, ExperimentConfig
+from .config import ConfigError, ExperimentConfig, OptimConfig
 from .errors import UserError
 from .loss import info_nce
-from .model import ContrastModel, MoCo, build_moco
+from .model import ContrastModel, MoCo, MoCoV3, build_moco
 from .precision import autocast, grad_scaler
 from .schedules import lr_factor, momentum_at
 
@@ -107,23 +107,26 @@ def build_train_state(
     device: torch.device | str = "cpu",
     n_images: int | None = None,
 ) -> TrainState:
-    """A fresh model, SGD on the query encoder only, and the per-step LR schedule. ``n_images`` (the
-    training images) sizes a memory bank."""
+    """A fresh model, the optimizer on what has gradients (the query encoder, MoCo v3's predictor; never
+    a key encoder, a queue or a bank), and the per-step LR schedule. ``n_images`` (the training images)
+    sizes a memory bank."""
     seed_everything(cfg.run.seed)
     model = build_moco(cfg, world_size, n_images).to(device)
     if cfg.run.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(
-        model.encoder_q.parameters(),
-        lr=cfg.optim.peak_lr,
-        momentum=cfg.optim.sgd_momentum,
-        weight_decay=cfg.optim.weight_decay,
-    )
+    opt = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg.optim)
     sched = LambdaLR(opt, lambda s: lr_factor(s, steps_per_epoch, cfg.optim))
     scaler = grad_scaler(torch.device(device), cfg.run.precision)
     return TrainState(
         model=model, optimizer=opt, scheduler=sched, steps_per_epoch=steps_per_epoch, scaler=scaler
     )
+
+
+def make_optimizer(params: list[nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
+    """SGD with momentum (MoCo v1/v2) or AdamW (MoCo v3's ViTs), at the schedule's peak LR."""
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.peak_lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.peak_lr, momentum=cfg.sgd_momentum, weight_decay=cfg.weight_decay)
 
 
 def train_step(
@@ -146,7 +149,7 @@ def train_step(
     lr = state.optimizer.param_groups[0]["lr"]
     with autocast(device, cfg.run.precision):
         out = forward(im_q, im_k, index)
-        loss = info_nce(out.logits)
+        loss = info_nce(out.logits) * out.loss_scale
     with torch.no_grad():
         t = cfg.moco.temperature
         neg = out.logits[:, 1:].float()
@@ -176,7 +179,7 @@ def train_step(
         "train/neg_logit": values[2],  # mean cosine of a query and its negatives (before 1/T)
         "train/lr": lr,
     }
-    if isinstance(state.model, MoCo):
+    if isinstance(state.model, MoCo | MoCoV3):  # the models with a key encoder
         metrics["train/momentum"] = m
     return metrics
 

@@ -10,9 +10,10 @@ Reads like Algorithm 1 of the paper::
     enqueue(k)
     theta_k <- m * theta_k + (1 - m) * theta_q
 
-``build_moco`` builds the model of ``moco.mechanism``: this one (``moco``), or the paper's two other
-ways to get negatives, :mod:`.end_to_end` and :mod:`.memory_bank`. All three share the query encoder,
-InfoNCE with the positive in column 0, and the training step's ``after_step`` / ``shared_buffers``.
+``build_moco`` builds the model of ``moco.mechanism``: this one (``moco``), the paper's two other
+ways to get negatives, :mod:`.end_to_end` and :mod:`.memory_bank`, or MoCo v3 (:mod:`.moco_v3`). All
+share the query encoder, InfoNCE with the positive in column 0, and the training step's ``after_step``
+/ ``shared_buffers``.
 """
 
 from __future__ import annotations
@@ -24,11 +25,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .backbones import feature_dim
 from .config import ExperimentConfig
 from .encoder import ContrastOutput, Encoder, build_encoder
 from .end_to_end import EndToEnd
 from .loss import moco_logits
 from .memory_bank import MemoryBank
+from .moco_v3 import MoCoV3, make_predictor
+from .momentum import momentum_update
 from .queue import KeyQueue
 from .shuffle_bn import (
     batch_shuffle,
@@ -40,13 +44,6 @@ from .shuffle_bn import (
 )
 
 ShuffleMode = Literal["distributed", "split", "off"]
-
-
-@torch.no_grad()
-def momentum_update(target: list[torch.Tensor], online: list[torch.Tensor], m: float) -> None:
-    """``target <- m * target + (1 - m) * online`` with foreach ops (one kernel per op, not per tensor)."""
-    torch._foreach_mul_(target, m)
-    torch._foreach_add_(target, online, alpha=1.0 - m)
 
 
 class MoCo(nn.Module):
@@ -133,7 +130,7 @@ class MoCo(nn.Module):
         self.queue.enqueue(concat_all_gather(k.float()))
 
 
-ContrastModel = MoCo | EndToEnd | MemoryBank
+ContrastModel = MoCo | EndToEnd | MemoryBank | MoCoV3
 
 
 def build_moco(cfg: ExperimentConfig, world_size: int = 1, n_images: int | None = None) -> ContrastModel:
@@ -143,6 +140,9 @@ def build_moco(cfg: ExperimentConfig, world_size: int = 1, n_images: int | None 
     mechanism = cfg.moco.mechanism
     if mechanism == "end_to_end":
         return EndToEnd(encoder, cfg.moco.temperature)
+    if mechanism == "moco_v3":
+        hidden = cfg.model.hidden_dim or feature_dim(encoder.backbone)
+        return MoCoV3(encoder, make_predictor(cfg.model.dim, hidden), cfg.moco.temperature)
     if mechanism == "memory_bank":
         if n_images is None:
             raise ValueError("moco.mechanism=memory_bank needs the number of training images")

@@ -190,10 +190,11 @@ def test_memory_bank_with_k_not_below_n_is_refused():
 # every mechanism resumes exactly
 
 
-@pytest.mark.parametrize("mechanism", ["moco", "end_to_end", "memory_bank"])
+@pytest.mark.parametrize("mechanism", ["moco", "end_to_end", "memory_bank", "moco_v3"])
 def test_every_mechanism_resumes_exactly(mechanism, digits_root, tmp_path):
     """Save after epoch 1, restore into a fresh state, train epoch 2: the same model, bank and its
-    generator as training straight through."""
+    generator as training straight through (MoCo v3 with its recipe's AdamW and BN heads)."""
+    v3 = ["optim.optimizer=adamw", "optim.lr=0.001", "model.head=mlp_bn"] if mechanism == "moco_v3" else []
     torch.set_num_threads(1)
     cfg = small_config(
         digits_root,
@@ -202,6 +203,7 @@ def test_every_mechanism_resumes_exactly(mechanism, digits_root, tmp_path):
         "run.max_steps_per_epoch=1",
         "moco.queue_size=40",
         f"moco.mechanism={mechanism}",
+        *v3,
     )
     train = read_dataset(digits_root, partitions=("train",))["train"]
     spe, n = steps_per_epoch(len(train), cfg), len(train)

@@ -4,7 +4,8 @@ import torch
 
 from moco_core.config import ExperimentConfig
 from moco_core.engine import build_train_state, train_step
-from moco_core.model import build_moco, momentum_update
+from moco_core.model import build_moco
+from moco_core.momentum import momentum_update
 
 CFG = ExperimentConfig.model_validate(
     {

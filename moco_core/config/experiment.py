@@ -23,6 +23,12 @@ from .sections import (
 from .sweep import NEGATIVES, TuneConfig, resolve_negatives
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+# what each mechanism other than moco has in place of a key encoder fed from a queue
+WITHOUT_SHUFFLE = {
+    "end_to_end": "no key encoder",
+    "memory_bank": "no key encoder",
+    "moco_v3": "no queue: its keys are the batch's own (the reference syncs BN across workers instead)",
+}
 NAME_MAX = 100  # a run folder is <name>-<timestamp>, a sweep's <name>-tune-<timestamp>; a name, moco-<name>
 
 
@@ -130,13 +136,18 @@ class ExperimentConfig(Strict):
         mechanism = self.moco.mechanism
         if mechanism != "moco" and self.moco.shuffle_bn in ("distributed", "split"):
             raise ValueError(
-                f"moco.shuffle_bn={self.moco.shuffle_bn} shuffles the key encoder's batch and "
-                f"moco.mechanism={mechanism} has no key encoder; use shuffle_bn: auto (or off)"
+                f"moco.shuffle_bn={self.moco.shuffle_bn} shuffles the batch of MoCo's key encoder and "
+                f"moco.mechanism={mechanism} has {WITHOUT_SHUFFLE[mechanism]}; use shuffle_bn: auto (or off)"
             )
         if mechanism != "moco" and self.moco.symmetric:
             raise ValueError(
                 f"moco.symmetric swaps query and key views, a choice of moco.mechanism=moco only "
-                f"({mechanism} has no key encoder); remove moco.symmetric"
+                f"({mechanism} has {WITHOUT_SHUFFLE[mechanism]}); remove moco.symmetric"
+            )
+        if self.model.freeze_patch_embed and not self.model.arch.startswith("timm:"):
+            raise ValueError(
+                f"model.freeze_patch_embed freezes a ViT's patch projection and model.arch={self.model.arch} "
+                "has none; use a timm ViT (e.g. timm:vit_small_patch16_224) or remove it"
             )
         if self.moco.shuffle_bn == "distributed" and w < 2:
             raise ValueError(
@@ -179,10 +190,12 @@ class ExperimentConfig(Strict):
 
     @property
     def negatives(self) -> int:
-        """K, the negatives each query is contrasted with: the queue or the bank's draw, or the other
-        views of the global batch (end-to-end)."""
+        """K, the negatives each query is contrasted with: the queue or the bank's draw, the other
+        views of the global batch (end-to-end), or the other images' keys of it (MoCo v3)."""
         if self.moco.mechanism == "end_to_end":
             return 2 * self.optim.batch_size - 2
+        if self.moco.mechanism == "moco_v3":
+            return self.optim.batch_size - 1
         return self.moco.queue_size
 
     def trial(self, values: dict[str, Any]) -> ExperimentConfig:

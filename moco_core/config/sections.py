@@ -47,9 +47,12 @@ class ModelConfig(Strict):
     # 3x3 stride-1 first conv, no max-pool (images <= 64 px): the ResNets, timm's ResNets and DenseNets;
     # no effect on other timm models
     small_image_stem: bool = True
-    head: Literal["linear", "mlp"] = "mlp"  # MoCo v1: linear; v2: MLP
+    head: Literal["linear", "mlp", "mlp_bn"] = "mlp"  # MoCo v1: linear; v2: MLP; v3: 3-layer MLP with BN
     dim: int = Field(128, ge=1)  # embedding size of q and k
-    hidden_dim: int | None = Field(None, ge=1)  # MLP hidden size; default: the backbone's
+    # hidden width of the MLP head (and of moco_v3's predictor); default: the backbone's feature width
+    hidden_dim: int | None = Field(None, ge=1)
+    # a ViT's patch projection stays at its initial (random) weights: MoCo v3's fix for its instability
+    freeze_patch_embed: bool = False
     # what pretraining starts from: random, a state_dict file of the backbone (torch.save of its
     # state_dict, read with weights_only=True), or an encoder reference (models:/NAME@ALIAS, runs:/...,
     # an encoder package folder), which moco pretrain resolves to a file before training
@@ -74,14 +77,12 @@ class ModelConfig(Strict):
         return v.strip()
 
 
-MECHANISMS = ("moco", "end_to_end", "memory_bank")
-
-
 class MocoConfig(Strict):
     # where the negatives come from (the MoCo paper's Fig. 3): moco: a queue of momentum-encoded keys;
     # end_to_end: the other views of the batch (SimCLR's NT-Xent); memory_bank: stored features of
-    # every training image (Wu et al. 2018)
-    mechanism: Literal["moco", "end_to_end", "memory_bank"] = "moco"
+    # every training image (Wu et al. 2018); moco_v3: the momentum encoder's keys of the batch itself
+    # and a prediction head on the query side (Chen, Xie, He 2021)
+    mechanism: Literal["moco", "end_to_end", "memory_bank", "moco_v3"] = "moco"
     queue_size: int = Field(4096, gt=0)  # K: number of negatives (moco, memory_bank)
     momentum: float = Field(0.99, ge=0.0, le=1.0)  # m of the key encoder
     momentum_schedule: Literal["constant", "cosine"] = "constant"  # cosine: m -> 1 over training
@@ -102,11 +103,12 @@ class AugmentConfig(Strict):
 
 
 class OptimConfig(Strict):
+    optimizer: Literal["sgd", "adamw"] = "sgd"  # adamw: MoCo v3's ViT recipe (betas 0.9, 0.999)
     lr: float = Field(0.06, gt=0.0)
     batch_size: int = Field(256, ge=2)  # global: split across workers
     epochs: int = Field(50, ge=1)
     weight_decay: float = Field(5.0e-4, ge=0.0)
-    sgd_momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    sgd_momentum: float = Field(0.9, ge=0.0, lt=1.0)  # sgd only
     schedule: Literal["cosine", "step", "constant"] = "cosine"
     lr_steps: list[int] = Field(default_factory=lambda: [120, 160])  # epochs where step LR x0.1
     warmup_epochs: int = Field(0, ge=0)

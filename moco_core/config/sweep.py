@@ -64,11 +64,12 @@ class SearchDim(Compact):
 
 
 class MocoSpace(Compact):
-    mechanism: SearchDim | None = None  # moco, end_to_end, memory_bank
+    mechanism: SearchDim | None = None  # moco, end_to_end, memory_bank, moco_v3
     temperature: SearchDim | None = None  # T
     queue_size: SearchDim | None = None  # K of moco and memory_bank
     # K of each trial's mechanism: moco.queue_size for moco and memory_bank, optim.batch_size = K / 2
-    # for end_to_end (whose 2 x batch - 2 negatives are the other views of the batch)
+    # for end_to_end (whose 2 x batch - 2 negatives are the other views of the batch), optim.batch_size
+    # = K for moco_v3 (batch - 1 negatives: the other images' keys)
     negatives: SearchDim | None = None
     momentum: SearchDim | None = None  # m
 
@@ -88,8 +89,11 @@ def resolve_negatives(values: dict[str, Any], mechanism: str) -> dict[str, Any]:
         return values
     out = dict(values)
     k = int(out.pop(NEGATIVES))
-    if out.get("moco.mechanism", mechanism) == "end_to_end":
+    chosen = out.get("moco.mechanism", mechanism)
+    if chosen == "end_to_end":
         out["optim.batch_size"] = k // 2
+    elif chosen == "moco_v3":
+        out["optim.batch_size"] = k
     else:
         out["moco.queue_size"] = k
     return out

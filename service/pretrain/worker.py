@@ -109,6 +109,10 @@ def wrap_model(state: TrainState, cfg: ExperimentConfig, world: int) -> torch.nn
     """What the forward pass runs through: DDP when distributed, ``torch.compile`` when asked."""
     import ray.train.torch
 
+    if world > 1 and cfg.moco.mechanism == "moco_v3" and next(state.model.parameters()).is_cuda:
+        # MoCo v3's heads normalise over the global batch, as the reference (SyncBN has no CPU kernel).
+        # The converted layers keep the same parameter and buffer tensors: the optimizer is unaffected.
+        state.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(state.model)
     forward: torch.nn.Module = state.model
     if world > 1:
         warnings.filterwarnings("ignore", message=".*broadcast_buffers.*")  # still the right knob here
