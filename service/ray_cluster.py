@@ -22,8 +22,7 @@ def ensure_ray(address: str | None = None) -> bool:
     """Connect to (or start) the cluster once per process; ``True`` when it is named by an address
     (a cluster that may add nodes), ``False`` for this machine's own."""
     address = address or os.environ.get("RAY_ADDRESS")
-    if not address:
-        local_cluster_defaults()
+    before_ray_import(address)
     import ray
 
     if ray.is_initialized():
@@ -33,6 +32,13 @@ def ensure_ray(address: str | None = None) -> bool:
     else:  # a local cluster; its dashboard (needed by Ray Train's state API) listens on loopback only
         ray.init(dashboard_host="127.0.0.1", log_to_driver=True, logging_level="WARNING")
     return bool(address)
+
+
+def before_ray_import(address: str | None) -> None:
+    """What must be chosen before Ray is imported: a local cluster's defaults, unless ``address`` (or
+    ``RAY_ADDRESS``) names a cluster. Commands whose modules import Ray call it first."""
+    if not (address or os.environ.get("RAY_ADDRESS")):
+        local_cluster_defaults()
 
 
 def local_cluster_defaults() -> None:
@@ -112,6 +118,7 @@ def level_path_named_train_loggers(level: str) -> None:
 __all__ = [
     "ResourcesError",
     "ensure_ray",
+    "before_ray_import",
     "check_resources",
     "workers_that_fit",
     "train_logging",

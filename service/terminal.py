@@ -19,6 +19,9 @@ def quiet_other_tools(verbose: bool) -> None:
         return
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # e.g. "Creating initial MLflow database tables"
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # "Downloading artifacts: 100%"
+    # Ray Tune's newer output prints its configuration box, "View detailed results here" and a
+    # TensorBoard hint even at RunConfig(verbose=0); its classic reporter is silent at 0
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     if "mlflow" in sys.modules:  # imported already: its loggers read the level at import
         logging.getLogger("mlflow").setLevel(os.environ["MLFLOW_LOGGING_LEVEL"])
 

@@ -331,6 +331,12 @@ def test_resume_after_driver_killed_does_not_rerun_finished_trials(ray_cluster, 
         assert done_before, log.read_text()[-3000:]
         driver.send_signal(signal.SIGKILL)  # the driver dies mid-sweep
         driver.wait()
+    # the sweep's terminal: our lines, not Ray Tune's configuration box and hints (it prints them even
+    # at verbose=0 unless its classic output is chosen)
+    shown = log.read_text()
+    assert "trial " in shown and "started" in shown, shown[-3000:]
+    for noise in ("Configuration for experiment", "View detailed results here", "tensorboard --logdir"):
+        assert noise not in shown, shown[-3000:]
     sweep_dir = next((tmp_path / "runs").glob("digits-tune-*"))
     assert json.loads((sweep_dir / "moco_sweep.json").read_text())["status"] == "running"
     time.sleep(2)  # let Ray reap the dead driver's trial actors

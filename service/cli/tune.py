@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..ray_cluster import before_ray_import
 from .codes import EXIT_OK
 from .options import add_config, add_ray_address, add_resume, add_tracking_uri, load, resume_of
 
@@ -44,6 +45,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
+    before_ray_import(args.ray_address)  # the sweep's modules import Ray
     from ..sweep import SweepError, tune_sweep
     from ..sweep.report import format_result
 
