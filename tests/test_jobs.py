@@ -356,6 +356,35 @@ def test_submit_train_track_pull_and_stop(ray_head, mlflow_on_postgres, digits_r
     backbone, meta = read_encoder_package(tmp_path / "enc")
     assert meta["source_run_id"] == runs[0].info.run_id and meta["name"] == "jobsdigits"
 
+    # what the encoder is worth, measured on the cluster: moco evaluate as a job, tracked in MLflow
+    ev = moco(
+        "submit",
+        "--address",
+        ray_head.address,
+        "--tracking-uri",
+        uri,
+        "--wait",
+        "--evaluate",
+        "models:/moco-jobsdigits@champion",
+        "--data",
+        str(digits_root),
+        "--protocol",
+        "knn",
+        "--bootstrap",
+        "0",
+        env=env,
+        cwd=tmp_path,
+    )
+    assert ev.returncode == 0, ev.stdout[-3000:] + ev.stderr
+    assert "SUCCEEDED" in ev.stderr and "MLflow run:" in ev.stdout, ev.stdout[-3000:]
+    (evaluation,) = ml.search_runs(
+        [ml.get_experiment_by_name("moco").experiment_id],
+        f"tags.`moco.source_run_id` = '{runs[0].info.run_id}'",
+    )
+    assert evaluation.info.status == "FINISHED" and "evaluation.json" in {
+        a.path for a in ml.list_artifacts(evaluation.info.run_id)
+    }
+
     if server.uri is None:
         pytest.skip(
             f"Ray jobs checked with a sqlite store; the PostgreSQL-backed MLflow server part did not run: "
@@ -474,6 +503,20 @@ def test_clear_errors(ray_head, digits_root, tmp_path, monkeypatch, capsys):
         capsys, "submit", EXPERIMENT, "--address", ray_head.address, *good, "--set", "moco.temprature=0.2"
     )
     assert code == 1 and "moco.temprature: unknown key" in msg
+    # an evaluation: its own arguments checked here, its paths ones every node sees
+    ev = ["submit", "--address", remote, "--tracking-uri", "http://mlflow.internal:5000", "--evaluate"]
+    code, msg = _run(capsys, *ev, "models:/moco-digits@champion", "--data", "data/digits")
+    assert code == 1 and "--data data/digits is a relative path" in msg
+    code, msg = _run(capsys, *ev, "./enc", "--data", str(digits_root))
+    assert code == 1 and "ENCODER ./enc is a relative path" in msg
+    code, msg = _run(capsys, *ev, "models:/m@a", "--data", str(digits_root), "--knn-k", "0")
+    assert code == 1 and "--knn-k must be at least 1" in msg
+    code, msg = _run(capsys, *ev, "models:/m@a", "--data", str(digits_root), "--no-track")
+    assert code == 1 and "the job's working folder is discarded" in msg
+    code, msg = _run(capsys, "submit", EXPERIMENT, "--address", remote, "--evaluate", "models:/m@a")
+    assert code == 1 and "leave out FILE" in msg
+    code, msg = _run(capsys, "submit", "--address", remote)
+    assert code == 1 and "give the experiment FILE" in msg
 
 
 def test_addresses(monkeypatch):

@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from ..jobs.cluster import JobsError, call, job_info, jobs_client
 from ..jobs.status import TERMINAL, failure_reason, follow_logs, format_status, status_exit, wait_for, when
-from ..jobs.submit import submit
+from ..jobs.submit import submit, submit_evaluation
 from .options import (
     add_config,
     add_dashboard_address,
@@ -23,14 +24,16 @@ from .options import (
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "submit",
-        help="submit an experiment to a Ray cluster (Ray Jobs API)",
+        help="submit an experiment (or an evaluation) to a Ray cluster (Ray Jobs API)",
         description="Validate the experiment here and submit it to a Ray cluster as a job that runs "
         "`moco pretrain` (or `moco tune` with --tune) on the head node. The validated config "
         "travels with the job. Data paths and run.storage_path must be paths every node sees; "
         "the MLflow tracking URI (--tracking-uri) must be one the cluster can reach, e.g. "
-        "http://mlflow:5000; a local store only serves a cluster on this machine.",
+        "http://mlflow:5000; a local store only serves a cluster on this machine. "
+        "With --evaluate, the job runs `moco evaluate` instead (no FILE): "
+        "moco submit --address URL [--gpu] --evaluate ENCODER --data /shared/ROOT [evaluate's options].",
     )
-    add_config(p, example="optim.epochs=100")
+    add_config(p, example="optim.epochs=100", required=False)
     add_dashboard_address(p)
     p.add_argument(
         "--tune", action="store_true", help="run a Ray Tune sweep (`moco tune`) instead of one pretraining"
@@ -52,6 +55,16 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--wait", action="store_true", help="follow the job's logs until it ends; exit 1 if it fails"
+    )
+    p.add_argument(
+        "--evaluate",
+        nargs=argparse.REMAINDER,
+        default=None,
+        metavar="ENCODER ...",
+        help="run `moco evaluate ENCODER ...` on the cluster instead of an experiment; everything after "
+        "--evaluate is moco evaluate's (put submit's own options before it). Its paths must be paths "
+        "every node sees; the results go to the MLflow run (evaluation.json); with --gpu the job's "
+        "driver runs on a node with a GPU",
     )
     p.set_defaults(func=cmd_submit)
 
@@ -88,6 +101,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
+    if args.evaluate is not None:
+        return cmd_submit_evaluation(args)
+    if args.file is None:
+        raise JobsError("give the experiment FILE to submit (or --evaluate ENCODER ... for an evaluation)")
     extra = scaling_overrides(args)
     cfg = load(args, extra)
     job_id, client = submit(
@@ -99,6 +116,55 @@ def cmd_submit(args: argparse.Namespace) -> int:
         resume=args.resume,
         overrides=[*args.overrides, *extra],
     )
+    return follow_or_print(args, job_id, client)
+
+
+def cmd_submit_evaluation(args: argparse.Namespace) -> int:
+    """``moco submit --evaluate ENCODER ...``: moco evaluate's arguments checked here with its own
+    parser and settings, then submitted."""
+    from . import build_parser
+    from .evaluate import settings_of
+
+    given = [
+        name
+        for name, on in (
+            ("FILE", args.file),
+            ("--set", args.overrides),
+            ("--tune", args.tune),
+            ("--resume", args.resume is not None),
+            ("--workers", args.workers),
+        )
+        if on
+    ]
+    if given:
+        raise JobsError(f"--evaluate submits moco evaluate, not an experiment: leave out {', '.join(given)}")
+    if not args.evaluate:
+        raise JobsError("--evaluate needs an encoder: moco submit --evaluate ENCODER --data ROOT ...")
+    ev = build_parser().parse_args(["evaluate", *args.evaluate])
+    settings_of(ev)  # bad numbers named before the job exists
+    if ev.no_track and not Path(ev.out).is_absolute():
+        raise JobsError(
+            f"--no-track with --out {ev.out}: the job's working folder is discarded when it ends; "
+            "track the evaluation in MLflow, or give --out an absolute path every node sees"
+        )
+    local = Path(ev.encoder)
+    paths = {"--data": ev.data, "--splits-dir": ev.splits_dir, "--store": ev.store}
+    if ev.encoder.startswith((".", "/")) or local.exists():  # an encoder folder, not a registry ref
+        paths["ENCODER"] = ev.encoder
+    job_id, client = submit_evaluation(
+        args.evaluate,
+        ev.encoder,
+        paths,
+        args.address,
+        code=args.code,
+        tracking_uri=args.tracking_uri or ev.tracking_uri,
+        gpu=args.gpu,
+    )
+    return follow_or_print(args, job_id, client)
+
+
+def follow_or_print(args: argparse.Namespace, job_id: str, client) -> int:
+    """After a submission: the commands to follow the job, or (``--wait``) its logs until it ends."""
     address = client._address
     print(f"submitted job {job_id} to {address}")
     if not args.wait:

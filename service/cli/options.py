@@ -23,9 +23,10 @@ def add_config(
     p: argparse.ArgumentParser,
     what: str = "experiment YAML file, or the name of a shipped recipe (digits.yaml; see experiments/)",
     example: str = "moco.temperature=0.2",
+    required: bool = True,
 ) -> None:
     """FILE and ``--set KEY=VALUE`` (repeatable, validated like the file)."""
-    p.add_argument("file", metavar="FILE", help=what)
+    p.add_argument("file", metavar="FILE", help=what, **({} if required else {"nargs": "?"}))
     p.add_argument(
         "--set",
         dest="overrides",

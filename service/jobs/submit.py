@@ -11,6 +11,7 @@ to ``run.storage_path`` (shared storage), metrics and the encoder to the MLflow 
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shlex
 import shutil
@@ -29,11 +30,12 @@ CODE_PACKAGES = ("moco_core", "service")
 REPO = Path(__file__).resolve().parents[2]
 
 
-def job_tracking_uri(cfg: ExperimentConfig, address: str, override: str | None = None) -> str:
-    """The MLflow URI the job will use; refused when the cluster cannot reach it."""
+def job_tracking_uri(configured: str | None, address: str, override: str | None = None) -> str:
+    """The MLflow URI the job will use (``override``, else the config's ``tracking.uri``, else the
+    environment's); refused when the cluster cannot reach it."""
     from ..tracking import is_local_uri, resolve_tracking_uri
 
-    uri = _absolute_local(override) if override else resolve_tracking_uri(cfg.tracking.uri)
+    uri = _absolute_local(override) if override else resolve_tracking_uri(configured)
     if is_loopback(address):
         return uri  # the same machine: an absolute sqlite path or a loopback server is reachable
     if is_local_uri(uri):
@@ -104,7 +106,17 @@ def package(
     cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"uri": tracking_uri})})
     folder.mkdir(parents=True, exist_ok=True)
     (folder / CONFIG_FILE).write_text(dump_yaml(cfg))
-    runtime_env: dict[str, Any] = {
+    entrypoint = f"python -m service.cli {'tune' if tune else 'pretrain'} {CONFIG_FILE}"
+    if resume is not None:  # `moco pretrain --resume [RUN]` / `moco tune --resume [SWEEP]`
+        entrypoint += " --resume" + (f" {shlex.quote(resume)}" if resume else "")
+        entrypoint += "".join(f" --set {shlex.quote(o)}" for o in overrides or [])
+    return entrypoint, runtime_env(folder, code, tracking_uri)
+
+
+def runtime_env(folder: Path, code: str, tracking_uri: str) -> dict[str, Any]:
+    """The job's working directory ``folder``, its MLflow store, and (``--code upload``) the project's
+    Python sources copied beside ``folder``."""
+    env: dict[str, Any] = {
         "working_dir": str(folder),
         "env_vars": {"MLFLOW_TRACKING_URI": tracking_uri, "PYTHONUNBUFFERED": "1"},
     }
@@ -116,12 +128,8 @@ def package(
                 "use --code image when the cluster's image has the project installed"
             )
         code_dir = folder.parent / "code"
-        runtime_env["py_modules"] = [python_sources(REPO / p, code_dir / p) for p in CODE_PACKAGES]
-    entrypoint = f"python -m service.cli {'tune' if tune else 'pretrain'} {CONFIG_FILE}"
-    if resume is not None:  # `moco pretrain --resume [RUN]` / `moco tune --resume [SWEEP]`
-        entrypoint += " --resume" + (f" {shlex.quote(resume)}" if resume else "")
-        entrypoint += "".join(f" --set {shlex.quote(o)}" for o in overrides or [])
-    return entrypoint, runtime_env
+        env["py_modules"] = [python_sources(REPO / p, code_dir / p) for p in CODE_PACKAGES]
+    return env
 
 
 def python_sources(package: Path, dest: Path) -> str:
@@ -151,11 +159,11 @@ def submit(
     (config, paths, tracking URI, cluster, token) is checked before the job exists."""
     address = resolve_address(address)
     check_cluster_paths(cfg, address)
-    uri = job_tracking_uri(cfg, address, tracking_uri)
+    uri = job_tracking_uri(cfg.tracking.uri, address, tracking_uri)
     client = jobs_client(address, token)
     sub_id = f"moco-{cfg.name}-{datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
     with tempfile.TemporaryDirectory(prefix="moco-job-") as tmp:
-        entrypoint, runtime_env = package(
+        entrypoint, env = package(
             cfg, Path(tmp) / "job", tune=tune, code=code, tracking_uri=uri, resume=resume, overrides=overrides
         )
         metadata = {
@@ -163,14 +171,67 @@ def submit(
             "moco_command": "tune" if tune else "pretrain",
             "moco_tracking_uri": uri,
         }
-        call(
-            client,
-            "submit",
-            lambda: client.submit_job(
-                entrypoint=entrypoint, runtime_env=runtime_env, metadata=metadata, submission_id=sub_id
-            ),
-        )
+        submit_job(client, sub_id, entrypoint, env, metadata)
     return sub_id, client
 
 
-__all__ = ["submit", "package", "python_sources", "job_tracking_uri", "check_cluster_paths", "CONFIG_FILE"]
+def submit_evaluation(
+    argv: list[str],
+    encoder: str,
+    paths: dict[str, str | None],
+    address: str | None = None,
+    *,
+    code: str = "upload",
+    tracking_uri: str | None = None,
+    gpu: bool = False,
+    token: str | None = None,
+) -> tuple[str, Any]:
+    """Submit ``moco evaluate ARGV`` (checked by the caller) as a job; its driver runs on a node with
+    a GPU when ``gpu``. ``paths`` (``--data``, ``--splits-dir``, ``--store``, the encoder folder) must be
+    paths every node sees. Returns ``(submission id, client)``."""
+    address = resolve_address(address)
+    for flag, value in paths.items():
+        if value and "://" not in value and not Path(value).is_absolute():
+            raise JobsError(
+                f"{flag} {value} is a relative path; on a cluster it must be a path every node sees "
+                f"(a shared mount or a folder in the image), e.g. {flag} /data/{Path(value).name}"
+            )
+    uri = job_tracking_uri(None, address, tracking_uri)
+    client = jobs_client(address, token)
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", encoder).strip("-")[:60] or "encoder"
+    sub_id = f"moco-evaluate-{name}-{datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+    with tempfile.TemporaryDirectory(prefix="moco-job-") as tmp:
+        folder = Path(tmp) / "job"
+        folder.mkdir(parents=True)
+        entrypoint = shlex.join(["python", "-m", "service.cli", "evaluate", *argv, "--tracking-uri", uri])
+        metadata = {"moco_name": encoder, "moco_command": "evaluate", "moco_tracking_uri": uri}
+        submit_job(client, sub_id, entrypoint, runtime_env(folder, code, uri), metadata, gpus=1 if gpu else 0)
+    return sub_id, client
+
+
+def submit_job(client: Any, sub_id: str, entrypoint: str, env: dict, metadata: dict, gpus: int = 0) -> None:
+    """Hand the job to the cluster; with ``gpus`` its driver waits for a node that has them."""
+    call(
+        client,
+        "submit",
+        lambda: client.submit_job(
+            entrypoint=entrypoint,
+            runtime_env=env,
+            metadata=metadata,
+            submission_id=sub_id,
+            **({"entrypoint_num_gpus": gpus} if gpus else {}),
+        ),
+    )
+
+
+__all__ = [
+    "submit",
+    "submit_evaluation",
+    "submit_job",
+    "runtime_env",
+    "package",
+    "python_sources",
+    "job_tracking_uri",
+    "check_cluster_paths",
+    "CONFIG_FILE",
+]
