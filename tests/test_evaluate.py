@@ -118,6 +118,38 @@ def test_top1_bootstrap_interval_brackets_the_score():
 # label fractions
 
 
+@pytest.mark.parametrize("label_kind", ["multiclass", "multilabel"])
+def test_the_linear_probes_grid_trains_each_point_as_it_would_alone(label_kind):
+    """All points of the lr x weight-decay grid train in one batched loop: the point kept has the best
+    val score of the points trained one by one, and the same test scores as its own run."""
+    from moco_core.eval.heads import LinearProbeConfig
+    from moco_core.eval.linear_probe import linear_probe
+
+    g = torch.Generator().manual_seed(0)
+    feats = [torch.randn(n, 16, generator=g) for n in (120, 60, 60)]  # train, val, test
+    if label_kind == "multiclass":
+        targets = [np.asarray(f[:, :3].argmax(dim=1) + (f[:, 3] > 1.0).long()) for f in feats[:2]]
+        n_out = 4
+    else:
+        targets = [np.asarray((f[:, :2] > 0).int()) for f in feats[:2]]
+        n_out = 2
+    args = (feats[0], targets[0], feats[1], targets[1], feats[2], label_kind, n_out)
+    grid = LinearProbeConfig(lrs=(1e-3, 3e-2, 3e-1), weight_decays=(0.0, 1e-1), steps=40, batch_size=32)
+    best = linear_probe(*args, cfg=grid)
+    alone = {
+        (lr, wd): linear_probe(
+            *args, cfg=LinearProbeConfig(lrs=(lr,), weight_decays=(wd,), steps=40, batch_size=32)
+        )
+        for lr in grid.lrs
+        for wd in grid.weight_decays
+    }
+    assert best.val_score == max(r.val_score for r in alone.values())
+    own = alone[(best.hparams["lr"], best.hparams["weight_decay"])]
+    assert own.val_score == best.val_score
+    np.testing.assert_allclose(best.test_scores, own.test_scores, atol=1e-5)
+    assert len({round(r.val_score, 6) for r in alone.values()}) > 1  # the grid's points do differ
+
+
 def test_label_fractions_are_stratified_and_seeded(digits_root):
     train = read_dataset(digits_root, partitions=("train",))["train"]
     counts = np.bincount(train.targets)

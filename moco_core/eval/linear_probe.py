@@ -1,8 +1,8 @@
 """The linear probe, the standard protocol of MoCo (He et al. 2020) and of the SSL literature.
 
 The encoder stays frozen, its features are computed once, and a linear layer is trained on them, for
-every point of a small learning-rate x weight-decay grid; the point with the best validation score is
-kept.
+every point of a small learning-rate x weight-decay grid (all points in one batched loop); the point
+with the best validation score is kept.
 """
 
 from __future__ import annotations
@@ -17,23 +17,27 @@ from .heads import HeadResult, LinearProbeConfig, as_targets, head_loss, head_sc
 from .metrics import task_score
 
 
-def _train_linear(
+def _train_linear_grid(
     x: torch.Tensor,
     y: torch.Tensor,
     n_out: int,
     label_kind: str,
-    lr: float,
-    wd: float,
+    grid: list[tuple[float, float]],
     cfg: LinearProbeConfig,
     seed: int,
-) -> nn.Linear:
+) -> list[nn.Linear]:
+    """One linear layer for each ``(lr, weight decay)`` of ``grid``, all trained together: the same
+    seeded init and batches for every point, one AdamW param group per point, and every point's
+    logits from one batched product. The sum of the points' losses gives each point exactly its own
+    gradient, so each layer is the one a run of its point alone trains (to float rounding)."""
     g = torch.Generator().manual_seed(seed)
-    head = nn.Linear(x.shape[1], n_out)
-    with torch.no_grad():  # a seeded init, independent of the global RNG
-        bound = 1.0 / math.sqrt(x.shape[1])
-        head.weight.copy_(torch.empty_like(head.weight).uniform_(-bound, bound, generator=g))
-        head.bias.zero_()
-    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=wd)
+    bound = 1.0 / math.sqrt(x.shape[1])
+    init = torch.empty(n_out, x.shape[1]).uniform_(-bound, bound, generator=g)  # C x D, seeded
+    weights = [nn.Parameter(init.clone()) for _ in grid]
+    biases = [nn.Parameter(torch.zeros(n_out)) for _ in grid]
+    opt = torch.optim.AdamW(
+        [{"params": [w, b], "lr": lr, "weight_decay": wd} for (lr, wd), w, b in zip(grid, weights, biases)]
+    )
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.steps)
     bs = min(cfg.batch_size, len(x))
     order, pos = torch.randperm(len(x), generator=g), 0
@@ -42,12 +46,20 @@ def _train_linear(
             order, pos = torch.randperm(len(x), generator=g), 0
         idx = order[pos : pos + bs]  # b
         pos += bs
-        loss = head_loss(head(x[idx]), y[idx], label_kind)
+        logits = torch.einsum("bd,gcd->gbc", x[idx], torch.stack(weights)) + torch.stack(biases)[:, None]
+        loss = sum(head_loss(point, y[idx], label_kind) for point in logits)  # G x b x C -> one sum
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
-    return head.eval()
+    heads = []
+    for w, b in zip(weights, biases):
+        head = nn.Linear(x.shape[1], n_out)
+        with torch.no_grad():
+            head.weight.copy_(w)
+            head.bias.copy_(b)
+        heads.append(head.eval())
+    return heads
 
 
 def linear_probe(
@@ -77,19 +89,12 @@ def linear_probe(
 
     x, x_val, x_test = prep(train_feats), prep(val_feats), prep(test_feats)  # N x D
     y = as_targets(train_targets)
+    grid = [(lr, wd) for lr in cfg.lrs for wd in cfg.weight_decays]
     best: HeadResult | None = None
-    for lr in cfg.lrs:
-        for wd in cfg.weight_decays:
-            head = _train_linear(x, y, n_out, label_kind, lr, wd, cfg, seed)
-            with torch.no_grad():
-                val = task_score(head_scores(head(x_val), label_kind), val_targets, label_kind)
-                if (
-                    best is None
-                    or val > best.val_score
-                    or (math.isnan(best.val_score) and not math.isnan(val))
-                ):
-                    best = HeadResult(
-                        head_scores(head(x_test), label_kind), val, {"lr": lr, "weight_decay": wd}
-                    )
+    for (lr, wd), head in zip(grid, _train_linear_grid(x, y, n_out, label_kind, grid, cfg, seed)):
+        with torch.no_grad():
+            val = task_score(head_scores(head(x_val), label_kind), val_targets, label_kind)
+            if best is None or val > best.val_score or (math.isnan(best.val_score) and not math.isnan(val)):
+                best = HeadResult(head_scores(head(x_test), label_kind), val, {"lr": lr, "weight_decay": wd})
     assert best is not None, "the grid is empty"
     return best
