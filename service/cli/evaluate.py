@@ -110,6 +110,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_evaluate)
 
 
+def parse_evaluate_args(argv: list[str]) -> argparse.Namespace:
+    """``moco evaluate ARGV`` parsed as ``moco`` parses it (a bad one exits 2 with its usage)."""
+    parser = argparse.ArgumentParser(prog="moco")
+    add_commands(parser.add_subparsers())
+    return parser.parse_args(["evaluate", *argv])
+
+
 def settings_of(args: argparse.Namespace) -> Any:
     """The protocols' settings: the defaults, with what the flags give."""
     from moco_core.eval import EvaluationError, ProtocolSettings

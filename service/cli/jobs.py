@@ -122,8 +122,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 def cmd_submit_evaluation(args: argparse.Namespace) -> int:
     """``moco submit --evaluate ENCODER ...``: moco evaluate's arguments checked here with its own
     parser and settings, then submitted."""
-    from . import build_parser
-    from .evaluate import settings_of
+    from .evaluate import parse_evaluate_args, settings_of
 
     given = [
         name
@@ -140,7 +139,7 @@ def cmd_submit_evaluation(args: argparse.Namespace) -> int:
         raise JobsError(f"--evaluate submits moco evaluate, not an experiment: leave out {', '.join(given)}")
     if not args.evaluate:
         raise JobsError("--evaluate needs an encoder: moco submit --evaluate ENCODER --data ROOT ...")
-    ev = build_parser().parse_args(["evaluate", *args.evaluate])
+    ev = parse_evaluate_args(args.evaluate)
     settings_of(ev)  # bad numbers named before the job exists
     if ev.no_track and not Path(ev.out).is_absolute():
         raise JobsError(
