@@ -29,7 +29,7 @@ def main() -> None:
         t = time.perf_counter()
         batched = _train_linear_grid(x, y, c, "multiclass", grid, cfg, 0)
         t_batched = time.perf_counter() - t
-        diff = max(float((a.weight - b.weight).abs().max()) for a, b in zip(alone, batched))
+        diff = max(float((a.weight - b.weight).detach().abs().max()) for a, b in zip(alone, batched))
         print(
             f"{n:>6} x {d:<8}  {c:>7}  {t_alone:>17.2f}  {t_batched:>11.2f}  "
             f"{t_alone / t_batched:>7.1f}x  {diff:.1e}"
