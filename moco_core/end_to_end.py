@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .encoder import ContrastOutput, Encoder
+from .loss import positive_first
 
 
 def gather_with_grad(z: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -46,13 +47,7 @@ def nt_xent_logits(z: torch.Tensor, everyone: torch.Tensor, rank: int, temperatu
         rows = torch.arange(two_n, device=z.device)
         own = rank * two_n + rows  # each anchor's column in ``everyone``
         positive = rank * two_n + (rows + n) % two_n  # the other view of the same image
-        sim = z @ everyone.t()  # 2N x 2WN
-        keep = torch.ones_like(sim, dtype=torch.bool)
-        keep[rows, own] = False
-        keep[rows, positive] = False
-        l_pos = sim[rows, positive].unsqueeze(1)  # 2N x 1
-        l_neg = sim[keep].view(two_n, -1)  # 2N x (2WN - 2), in column order
-        return torch.cat([l_pos, l_neg], dim=1) / temperature
+        return positive_first(z @ everyone.t(), positive, drop=own) / temperature  # 2N x (2WN - 1)
 
 
 class EndToEnd(nn.Module):

@@ -26,6 +26,28 @@ def moco_logits(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperatu
         return torch.cat([l_pos, l_neg], dim=1) / temperature  # N x (1+K)
 
 
+def positive_first(
+    sim: torch.Tensor, positive: torch.Tensor, drop: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Similarities rearranged as InfoNCE logits: row i's column ``positive[i]`` first, then every other
+    column in order, leaving out column ``drop[i]`` (an anchor's own entry) where given.
+
+    Args:
+        sim: R x M similarities, one row per query.
+        positive: R column indices, each row's positive.
+        drop: R column indices to leave out, or ``None``.
+
+    Returns:
+        R x (M - 1) logits (R x (M - 2) with ``drop``), the positive in column 0.
+    """
+    rows = torch.arange(sim.shape[0], device=sim.device)
+    negative = torch.ones_like(sim, dtype=torch.bool)
+    negative[rows, positive] = False
+    if drop is not None:
+        negative[rows, drop] = False
+    return torch.cat([sim[rows, positive].unsqueeze(1), sim[negative].view(sim.shape[0], -1)], dim=1)
+
+
 def info_nce(logits: torch.Tensor) -> torch.Tensor:
     """Cross-entropy with the positive at index 0 of every row."""
     labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)

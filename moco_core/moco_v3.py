@@ -15,15 +15,14 @@ by momentum after each step (``moco.momentum_schedule: cosine`` takes m to 1 as 
 
 from __future__ import annotations
 
-import copy
-
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn import functional as F
 
 from .encoder import ContrastOutput, Encoder, make_mlp
-from .momentum import momentum_update
+from .loss import positive_first
+from .momentum import key_encoder, momentum_update
 from .shuffle_bn import concat_all_gather
 
 
@@ -41,15 +40,8 @@ def batch_key_logits(q: torch.Tensor, keys: torch.Tensor, rank: int, temperature
     """
     with torch.autocast(q.device.type, enabled=False):
         q, keys = q.float(), keys.float()
-        n = q.shape[0]
-        rows = torch.arange(n, device=q.device)
-        positive = rank * n + rows
-        sim = q @ keys.t()  # N x WN
-        others = torch.ones_like(sim, dtype=torch.bool)
-        others[rows, positive] = False
-        l_pos = sim[rows, positive].unsqueeze(1)
-        l_neg = sim[others].view(n, -1)
-        return torch.cat([l_pos, l_neg], dim=1) / temperature
+        positive = rank * q.shape[0] + torch.arange(q.shape[0], device=q.device)
+        return positive_first(q @ keys.t(), positive) / temperature  # N x WN
 
 
 class MoCoV3(nn.Module):
@@ -59,8 +51,7 @@ class MoCoV3(nn.Module):
         super().__init__()
         self.encoder_q = encoder_q
         self.predictor = predictor
-        self.encoder_k = copy.deepcopy(encoder_q)
-        self.encoder_k.requires_grad_(False)
+        self.encoder_k = key_encoder(encoder_q)
         self.temperature = temperature
         self._q_params = list(self.encoder_q.parameters())
         self._k_params = list(self.encoder_k.parameters())

@@ -18,7 +18,6 @@ share the query encoder, InfoNCE with the positive in column 0, and the training
 
 from __future__ import annotations
 
-import copy
 from typing import Literal
 
 import torch
@@ -32,7 +31,7 @@ from .end_to_end import EndToEnd
 from .loss import moco_logits
 from .memory_bank import MemoryBank
 from .moco_v3 import MoCoV3, make_predictor
-from .momentum import momentum_update
+from .momentum import key_encoder, momentum_update
 from .queue import KeyQueue
 from .shuffle_bn import (
     batch_shuffle,
@@ -62,8 +61,7 @@ class MoCo(nn.Module):
             # encoder's BN must not see the whole batch either (its positive's group would lie inside it)
             convert_split_bn(encoder_q, split_groups)
         self.encoder_q = encoder_q
-        self.encoder_k = copy.deepcopy(encoder_q)
-        self.encoder_k.requires_grad_(False)
+        self.encoder_k = key_encoder(encoder_q)
         self.shuffle = shuffle
         self.symmetric = symmetric
         self.temperature = temperature

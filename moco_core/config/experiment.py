@@ -23,8 +23,8 @@ from .sections import (
 from .sweep import NEGATIVES, TuneConfig, resolve_negatives
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
-# what each mechanism other than moco has in place of a key encoder fed from a queue
-WITHOUT_SHUFFLE = {
+# what each mechanism other than moco lacks of MoCo's key encoder and queue (in its error messages)
+WITHOUT_MOCO_KEYS = {
     "end_to_end": "no key encoder",
     "memory_bank": "no key encoder",
     "moco_v3": "no queue: its keys are the batch's own (the reference syncs BN across workers instead)",
@@ -137,12 +137,13 @@ class ExperimentConfig(Strict):
         if mechanism != "moco" and self.moco.shuffle_bn in ("distributed", "split"):
             raise ValueError(
                 f"moco.shuffle_bn={self.moco.shuffle_bn} shuffles the batch of MoCo's key encoder and "
-                f"moco.mechanism={mechanism} has {WITHOUT_SHUFFLE[mechanism]}; use shuffle_bn: auto (or off)"
+                f"moco.mechanism={mechanism} has {WITHOUT_MOCO_KEYS[mechanism]}; "
+                "use shuffle_bn: auto (or off)"
             )
         if mechanism != "moco" and self.moco.symmetric:
             raise ValueError(
                 f"moco.symmetric swaps query and key views, a choice of moco.mechanism=moco only "
-                f"({mechanism} has {WITHOUT_SHUFFLE[mechanism]}); remove moco.symmetric"
+                f"({mechanism} has {WITHOUT_MOCO_KEYS[mechanism]}); remove moco.symmetric"
             )
         if self.model.freeze_patch_embed and not self.model.arch.startswith("timm:"):
             raise ValueError(
