@@ -23,6 +23,7 @@ from moco_core.eval import (
     bootstrap_ci,
     extract_features,
     label_subset,
+    leave_one_out_auroc,
     per_label_auroc,
     roc_curve,
     task_score,
@@ -112,6 +113,39 @@ def test_top1_bootstrap_interval_brackets_the_score():
     lo, hi = bootstrap_ci(scores, targets, "multiclass", n_boot=500, seed=0)
     assert lo < acc < hi and hi - lo < 0.1
     assert bootstrap_ci(scores, targets, "multiclass", n_boot=500, seed=0) == (lo, hi)  # seeded
+
+
+def test_leave_one_out_auroc_equals_scoring_each_smaller_set():
+    rng = np.random.default_rng(3)
+    for n_pos in (1, 2, 17):
+        labels = np.r_[np.ones(n_pos), np.zeros(23)]
+        scores = rng.integers(0, 6, len(labels)).astype(float)  # many ties
+        expected = [auroc(np.delete(scores, i), np.delete(labels, i)) for i in range(len(labels))]
+        np.testing.assert_allclose(leave_one_out_auroc(scores, labels), expected, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["multiclass", "binary"])
+def test_bca_interval_agrees_with_scipys(kind):
+    from scipy.stats import bootstrap
+
+    rng = np.random.default_rng(1)
+    if kind == "multiclass":
+        targets = rng.integers(0, 3, 300)
+        scores = np.eye(3)[np.where(rng.random(300) < 0.8, targets, (targets + 1) % 3)]
+        data, statistic = ((scores.argmax(1) == targets).astype(float),), np.mean
+    else:  # 80 rows, AUROC 0.97: a skewed distribution, where BCa and percentile part
+        targets = (rng.random((80, 1)) < 0.3).astype(float)
+        scores = 2.5 * targets + rng.normal(0, 0.8, (80, 1))
+        data, statistic = (scores[:, 0], targets[:, 0]), auroc
+    bca, percentile = (
+        bootstrap(data, statistic, paired=True, vectorized=False, n_resamples=8000, method=m, rng=rng)
+        for m in ("BCa", "percentile")
+    )
+    lo, hi = bootstrap_ci(scores, targets, kind, n_boot=8000, seed=0)
+    assert lo == pytest.approx(bca.confidence_interval.low, abs=0.006)
+    assert hi == pytest.approx(bca.confidence_interval.high, abs=0.006)
+    if kind == "binary":  # the agreement is BCa's, not the percentile interval's
+        assert percentile.confidence_interval.low - lo > 0.015
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from .linear_probe import linear_probe
 from .metrics import (
     auroc,
     bootstrap_ci,
+    leave_one_out_auroc,
     mean_auroc,
     metric_name,
     per_label_auroc,
@@ -41,6 +42,7 @@ __all__ = [
     "linear_probe",
     "auroc",
     "bootstrap_ci",
+    "leave_one_out_auroc",
     "mean_auroc",
     "metric_name",
     "per_label_auroc",

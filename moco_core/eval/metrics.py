@@ -1,5 +1,5 @@
 """The test metrics by label kind: top-1 accuracy (multi-class), AUROC per label and their mean
-(binary, multi-label), ROC curves (scikit-learn's) and a percentile bootstrap interval."""
+(binary, multi-label), ROC curves (scikit-learn's) and a BCa bootstrap interval."""
 
 from __future__ import annotations
 
@@ -84,11 +84,14 @@ def bootstrap_ci(
     seed: int = 0,
     level: float = 0.95,
 ) -> tuple[float, float]:
-    """Percentile bootstrap interval of :func:`task_score`: the test set resampled with replacement
-    ``n_boot`` times (seeded). Resamples whose score is undefined (one class only) are skipped."""
+    """BCa bootstrap interval of :func:`task_score` (Efron's bias-corrected and accelerated interval,
+    the default of ``scipy.stats.bootstrap``; tested to agree with it): the test set resampled with
+    replacement ``n_boot`` times (seeded), resamples whose score is undefined (one class only) skipped.
+    Ours, not scipy's, for its jackknife: scipy scores the N leave-one-out sets one by one, which at the
+    25,000 images of an X-ray test set is 25,000 AUROCs per label; here they are one closed form."""
     scores, targets = np.asarray(scores), np.asarray(targets)
     n = len(scores)
-    if n_boot <= 0 or n == 0:
+    if n_boot <= 0 or n < 2:
         return float("nan"), float("nan")
     rng = np.random.default_rng(seed)
     if metric_name(label_kind) == "top1":
@@ -99,6 +102,7 @@ def bootstrap_ci(
                 for i in range(0, n_boot, 256)
             ]
         )
+        jackknife = (correct.sum() - correct) / (n - 1)
     else:
         values = np.array(
             [
@@ -106,9 +110,63 @@ def bootstrap_ci(
                 for idx in rng.integers(0, n, size=(n_boot, n))
             ]
         )
+        scores, targets = scores.reshape(n, -1), targets.reshape(n, -1)
+        jackknife = _nanmean_rows(
+            np.stack([leave_one_out_auroc(scores[:, j], targets[:, j]) for j in range(targets.shape[1])], 1)
+        )
     values = values[~np.isnan(values)]
     if len(values) == 0:
         return float("nan"), float("nan")
-    tail = 100.0 * (1.0 - level) / 2.0
-    lo, hi = np.percentile(values, [tail, 100.0 - tail])
+    lo, hi = _bca_levels(values, task_score(scores, targets, label_kind), jackknife, level)
+    lo, hi = np.percentile(values, [100.0 * lo, 100.0 * hi])
     return float(lo), float(hi)
+
+
+def leave_one_out_auroc(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """The AUROC of one binary label with each row left out in turn, in closed form from the ranks (a
+    positive takes its pairs with every negative out of U, a negative its pairs with every positive);
+    NaN where the row left out is its class's last member."""
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    pos = np.asarray(labels).astype(bool).reshape(-1)
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    out = np.full(len(scores), np.nan)
+    if n_pos == 0 or n_neg == 0:
+        return out
+    rank = _average_ranks(scores)  # among all rows
+    u = rank[pos].sum() - n_pos * (n_pos + 1) / 2.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        negatives_below = rank[pos] - _average_ranks(scores[pos])  # ties counted half
+        out[pos] = (u - negatives_below) / ((n_pos - 1) * n_neg)
+        positives_above = n_pos - (rank[~pos] - _average_ranks(scores[~pos]))
+        out[~pos] = (u - positives_above) / (n_pos * (n_neg - 1))
+    out[~np.isfinite(out)] = np.nan
+    return out
+
+
+def _nanmean_rows(x: np.ndarray) -> np.ndarray:
+    """Mean of each row over its defined entries (NaN where none is)."""
+    defined = ~np.isnan(x)
+    count = defined.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, np.where(defined, x, 0.0).sum(axis=1) / count, np.nan)
+
+
+def _bca_levels(
+    values: np.ndarray, estimate: float, jackknife: np.ndarray, level: float
+) -> tuple[float, float]:
+    """The quantile levels of the bootstrap distribution that bound the BCa interval: the bias
+    correction z0 from where the estimate lies among the resampled values, the acceleration from the
+    skew of the jackknife values (scipy.stats.bootstrap's formulas). A distribution without spread, or
+    an estimate outside it, gives the plain percentile levels."""
+    from scipy.special import ndtr, ndtri
+
+    tail = (1.0 - level) / 2.0
+    below = ((values < estimate).sum() + (values <= estimate).sum()) / (2.0 * len(values))
+    if not 0.0 < below < 1.0 or np.ptp(values) == 0.0:
+        return tail, 1.0 - tail
+    z0 = ndtri(below)
+    spread = np.nanmean(jackknife) - jackknife[~np.isnan(jackknife)]
+    denominator = 6.0 * (spread**2).sum() ** 1.5
+    accel = (spread**3).sum() / denominator if denominator > 0 else 0.0
+    lo, hi = (z0 + (z0 + z) / (1.0 - accel * (z0 + z)) for z in (ndtri(tail), -ndtri(tail)))
+    return float(ndtr(lo)), float(ndtr(hi))
