@@ -281,6 +281,11 @@ def test_sweep_early_stops_tracks_and_registers_the_best(ray_cluster, digits_roo
     mlflow.set_tracking_uri(result.tracking_uri)
     mv = client.get_model_version("moco-digits", "1")
     assert mv.run_id == best.run_id
+    # the best trial's encoder is its epoch the monitor scored highest (tracking.publish: best)
+    history = client.get_metric_history(best.run_id, "eval/knn_top1")
+    knn = list({m.step: m.value for m in sorted(history, key=lambda m: m.step)}.values())  # by epoch
+    best_epoch = len(knn) - knn[::-1].index(max(knn))  # the later one of a tie
+    assert (mv.tags["moco.published"], mv.tags["moco.epoch"]) == ("best", str(best_epoch))
     pkg = registry.resolve_ref("models:/moco-digits@champion", tmp_path / "pulled", result.tracking_uri)
     meta = registry.read_encoder_meta(pkg)
     assert meta["source_run_id"] == best.run_id and meta["moco"]["queue_size"] == 16

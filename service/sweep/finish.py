@@ -7,14 +7,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ray.train import Checkpoint
-
 from moco_core.checkpoint import load_checkpoint
 from moco_core.config import ExperimentConfig, dump_yaml
 from moco_core.data import Partition, dataset_fingerprint, scoring_fingerprint
 
 from .. import tracking
 from ..lineage import log_training_data
+from ..pretrain.driver import published_checkpoint
 from ..records import RunRecord, SweepRecord
 from ..registry.publish import publish_encoder
 from .plots import sweep_plots
@@ -69,22 +68,35 @@ def close_trial_run(
             return {"model_uri": previous, "name": previous.split("/")[1], "champion": None}
     elif "encoder" in have:
         return None
-    ckpt = row.latest_checkpoint()
-    if ckpt is None:
+    trained = trained_result(row.folder)
+    if trained is None:
         return None
     trial_cfg = RunRecord.load(row.folder).experiment()
     trial_cfg = trial_cfg.model_copy(
         update={"tracking": trial_cfg.tracking.model_copy(update={"register": register})}
     )
-    metrics = dict(client.get_run(row.run_id).data.metrics)
-    with Checkpoint(ckpt).as_directory() as d:
+    checkpoint, metrics, chosen = published_checkpoint(trial_cfg, trained)  # tracking.publish
+    with checkpoint.as_directory() as d:
         state = load_checkpoint(d)
     fingerprint, scored_on = data
-    epoch = int(state["epoch"])
-    out = publish_encoder(trial_cfg, state, row.run_id, uri, metrics, fingerprint, epoch, scored_on=scored_on)
+    out = publish_encoder(
+        trial_cfg, state, row.run_id, uri, metrics, fingerprint, int(state["epoch"]), chosen, scored_on
+    )
     if register and out:
         client.set_tag(record.parent_run_id, TAG_REGISTERED, out["model_uri"])
     return out
+
+
+def trained_result(folder: str) -> Any:
+    """The Ray Train result of a trial's folder (its checkpoints and what each epoch reported), or
+    ``None`` where the trial checkpointed nothing."""
+    from ray.train import Result
+
+    try:
+        result = Result.from_path(folder)
+    except Exception:  # noqa: BLE001 - no checkpoint registered: nothing to publish
+        return None
+    return result if result.checkpoint is not None else None
 
 
 def summarize_parent(rows: list[TrialRow], best: TrialRow, record: SweepRecord, tmp: Path) -> None:

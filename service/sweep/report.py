@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from moco_core.checkpoint import CHECKPOINT_FILE
 from moco_core.config import ExperimentConfig
 
 from .. import storage
@@ -51,15 +50,6 @@ class TrialRow:
     rank: int = 0
     mechanism: str = "moco"
     negatives: int = 0  # K each query saw (ExperimentConfig.negatives of the trial's config)
-
-    def latest_checkpoint(self) -> str | None:
-        """The trial's last epoch checkpoint (a folder or a URI)."""
-        found = [
-            d
-            for d in storage.list_dirs(self.folder)
-            if d.startswith("epoch_") and storage.exists(storage.join(self.folder, d, CHECKPOINT_FILE))
-        ]
-        return storage.join(self.folder, max(found)) if found else None
 
 
 def _float(v: Any) -> float | None:
