@@ -144,24 +144,37 @@ class Record:
                 self.save()
 
     @contextlib.contextmanager
-    def stopped_by_signals(self) -> Iterator[None]:
+    def stopped_by_signals(self, ask_to_stop: Callable[[], bool] | None = None) -> Iterator[threading.Event]:
         """Ctrl-C or SIGTERM (``moco jobs stop``, a scheduler) while inside marks the record and its
         MLflow run stopped (KILLED) at once, as a job's driver may be SIGKILLed seconds later, then
-        raises ``KeyboardInterrupt``; ``--resume`` continues the run. Only in the main thread."""
+        raises ``KeyboardInterrupt``; ``--resume`` continues the run. With ``ask_to_stop`` (a sweep:
+        Tune's own stop, which ends the trials and saves its state), the first signal calls it instead
+        and, where it returns True, sets the event yielded and returns: the code inside must raise
+        ``KeyboardInterrupt`` once it sees the event; a second signal raises at once. Only in the main
+        thread."""
+        stopping = threading.Event()
         if threading.current_thread() is not threading.main_thread():
-            yield
+            yield stopping
             return
+
+        def force(signum: int, frame: Any) -> None:
+            raise KeyboardInterrupt
 
         def on_signal(signum: int, frame: Any) -> None:
             for s in (signal.SIGINT, signal.SIGTERM):  # a second signal does not interrupt the marking
                 signal.signal(s, signal.SIG_IGN)
             with contextlib.suppress(Exception):
                 self.mark("stopped")
+            if ask_to_stop is not None and ask_to_stop():
+                stopping.set()
+                for s in (signal.SIGINT, signal.SIGTERM):
+                    signal.signal(s, force)
+                return
             raise KeyboardInterrupt
 
         previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
-            yield
+            yield stopping
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -305,12 +306,23 @@ def _finished_trials(sweep_dir: Path) -> list[str]:
     return out
 
 
+def _alive_train_actors(address: str) -> list[str]:
+    from ray.util.state import list_actors
+
+    alive = list_actors(address=address, filters=[("state", "=", "ALIVE")], limit=1000)
+    return [a.class_name for a in alive if a.class_name in ("TrainController", "RayTrainWorker")]
+
+
 @pytest.mark.slow
-def test_resume_after_driver_killed_does_not_rerun_finished_trials(ray_cluster, digits_root, tmp_path):
-    """A sweep over the three mechanisms whose driver is SIGKILLed after a trial finished continues
-    with the others; the parent run gets the metric-vs-K figure."""
+def test_resume_after_driver_stopped_or_killed_does_not_rerun_finished_trials(
+    ray_cluster, digits_root, tmp_path
+):
+    """A sweep over the three mechanisms: its driver stopped (Ctrl-C) after a trial finished stops its
+    trials and says how to continue; continued, then SIGKILLed; continued again, it finishes without
+    training a finished trial again, and the parent run gets the metric-vs-K figure."""
     from mlflow.tracking import MlflowClient
 
+    from service.cli import EXIT_INTERRUPTED
     from service.sweep import SweepError, tune_sweep
     from service.sweep.trial import TAG_TRIAL_STARTS
 
@@ -326,27 +338,46 @@ def test_resume_after_driver_killed_does_not_rerun_finished_trials(ray_cluster, 
     args = [sys.executable, "-m", "service.cli", "tune", str(TUNE_YAML)]
     for o in overrides:
         args += ["--set", o]
-    env = dict(os.environ, RAY_ADDRESS=ray_cluster.get_runtime_context().gcs_address, PYTHONUNBUFFERED="1")
+    address = ray_cluster.get_runtime_context().gcs_address
+    env = dict(os.environ, RAY_ADDRESS=address, PYTHONUNBUFFERED="1")
+
+    def drive(extra: list[str], log: Path, until: Any, sig: int) -> subprocess.Popen:
+        with log.open("wb") as out:
+            driver = subprocess.Popen(
+                args + extra, env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT
+            )
+            deadline = time.monotonic() + 240
+            while not until() and driver.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert driver.poll() is None, log.read_text()[-3000:]
+            driver.send_signal(sig)
+            driver.wait(timeout=120)  # a stopped sweep ends in bounded time
+        return driver
+
+    # stopped (Ctrl-C; SIGTERM takes the same path): trials stopped, sweep marked stopped, resume told
     log = tmp_path / "driver.log"
-    with log.open("wb") as out:
-        driver = subprocess.Popen(args, env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 240
-        while (
-            not _finished_trials(tmp_path / "runs") and driver.poll() is None and time.monotonic() < deadline
-        ):
-            time.sleep(0.2)
-        assert driver.poll() is None, log.read_text()[-3000:]
-        done_before = _finished_trials(tmp_path / "runs")
-        assert done_before, log.read_text()[-3000:]
-        driver.send_signal(signal.SIGKILL)  # the driver dies mid-sweep
-        driver.wait()
+    driver = drive([], log, lambda: _finished_trials(tmp_path / "runs"), signal.SIGINT)
+    done_before = _finished_trials(tmp_path / "runs")
+    shown = log.read_text()
+    sweep_dir = next((tmp_path / "runs").glob("digits-tune-*"))
+    assert driver.returncode == EXIT_INTERRUPTED, shown[-3000:]
+    assert f"sweep {sweep_dir.name} stopped; continue it with: moco tune FILE --resume" in shown, shown[
+        -3000:
+    ]
+    assert json.loads((sweep_dir / "moco_sweep.json").read_text())["status"] == "stopped"
+    deadline = time.monotonic() + 30
+    while _alive_train_actors(address) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _alive_train_actors(address)  # no trial trains on after its sweep stopped
     # the sweep's terminal: our lines, not Ray Tune's configuration box and hints (it prints them even
     # at verbose=0 unless its classic output is chosen)
-    shown = log.read_text()
     assert "trial " in shown and "started" in shown, shown[-3000:]
     for noise in ("Configuration for experiment", "View detailed results here", "tensorboard --logdir"):
         assert noise not in shown, shown[-3000:]
-    sweep_dir = next((tmp_path / "runs").glob("digits-tune-*"))
+
+    # continued, then killed (SIGKILL) as soon as a trial trains again
+    log = tmp_path / "driver-resumed.log"
+    drive(["--resume"], log, lambda: "started" in log.read_text(), signal.SIGKILL)
     assert json.loads((sweep_dir / "moco_sweep.json").read_text())["status"] == "running"
     time.sleep(2)  # let Ray reap the dead driver's trial actors
 

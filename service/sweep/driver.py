@@ -13,6 +13,7 @@ MLflow: one parent run per sweep, one child run per trial (:mod:`.finish` closes
 from __future__ import annotations
 
 import os
+import signal
 import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -97,9 +98,12 @@ def tune_sweep(
         record.mark("running")
     else:
         record = new_sweep(cfg, uri, metric)
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # Ctrl-C is ours: see ask_tune_to_stop
     try:
-        with record.held(), record.stopped_by_signals():
+        with record.held(), record.stopped_by_signals(ask_tune_to_stop) as stopping:
             results = fit(build_tuner(cfg, record, resume=bool(resume)), record)
+            if stopping.is_set():  # the trials are stopped and Tune's state saved: --resume continues
+                raise KeyboardInterrupt
             return finish_sweep(results, record, cfg, parts, uri, metric)
     except KeyboardInterrupt:
         say(f"sweep {record.name} stopped; continue it with: moco tune FILE --resume {record.name}")
@@ -240,6 +244,7 @@ def build_tuner(cfg: ExperimentConfig, record: SweepRecord, *, resume: bool) -> 
 
 def fit(tuner: Any, record: SweepRecord) -> Any:
     """``tuner.fit()``; a failure marks the sweep failed and says how to continue it."""
+    listening = signal.getsignal(signal.SIGUSR1)
     try:
         return tuner.fit()
     except Exception as e:
@@ -248,6 +253,20 @@ def fit(tuner: Any, record: SweepRecord) -> Any:
             f"sweep failed: {e}\nFinished trials are kept under {record.folder}; "
             f"continue with: moco tune FILE --resume {record.name}"
         ) from e
+    finally:
+        signal.signal(signal.SIGUSR1, listening)  # Tune leaves its stop handler behind
+
+
+def ask_tune_to_stop() -> bool:
+    """Stop a running ``tuner.fit()`` as Ctrl-C stops one left to itself: Tune ends its loop, stops
+    the trials (their Train workers with them) and saves its state for ``--resume``. Tune listens to
+    SIGUSR1 for that (and to SIGINT unless TUNE_DISABLE_SIGINT_HANDLER, which keeps SIGINT ours, so
+    that the record is marked first); False where no Tune loop is listening."""
+    handler = signal.getsignal(signal.SIGUSR1)
+    if not callable(handler):
+        return False
+    handler(signal.SIGUSR1, None)
+    return True
 
 
 __all__ = ["SweepResult", "tune_sweep"]
