@@ -18,6 +18,7 @@ from ..records import RunRecord, SweepRecord
 from ..registry.publish import publish_encoder
 from .plots import sweep_plots
 from .report import TrialRow, table_rows, to_csv
+from .trial import trained_result
 
 TAG_TRIAL_STATUS = "moco.trial_status"
 TAG_BEST_RUN = "moco.best_run_id"
@@ -85,18 +86,6 @@ def close_trial_run(
     if register and out:
         client.set_tag(record.parent_run_id, TAG_REGISTERED, out["model_uri"])
     return out
-
-
-def trained_result(folder: str) -> Any:
-    """The Ray Train result of a trial's folder (its checkpoints and what each epoch reported), or
-    ``None`` where the trial checkpointed nothing."""
-    from ray.train import Result
-
-    try:
-        result = Result.from_path(folder)
-    except Exception:  # noqa: BLE001 - no checkpoint registered: nothing to publish
-        return None
-    return result if result.checkpoint is not None else None
 
 
 def summarize_parent(rows: list[TrialRow], best: TrialRow, record: SweepRecord, tmp: Path) -> None:

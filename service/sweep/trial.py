@@ -93,16 +93,23 @@ def count_start(record: RunRecord) -> None:
     client.set_tag(record.mlflow_run_id, TAG_TRIAL_STARTS, str(starts))
 
 
-def completed_result(folder: str, epochs: int) -> dict[str, Any] | None:
-    """The last report of a Ray Train run whose final epoch is checkpointed, else ``None``."""
+def trained_result(folder: str) -> Any:
+    """The Ray Train result of a trial's folder (its checkpoints and what each epoch reported), or
+    ``None`` where the trial checkpointed nothing yet."""
     import ray.train
 
     try:
         result = ray.train.Result.from_path(folder)
-    except Exception:  # noqa: BLE001 - no checkpoint registered yet: nothing finished
+    except Exception:  # noqa: BLE001 - no checkpoint registered yet
         return None
-    metrics = dict(result.metrics or {})
-    if result.checkpoint is None or metrics.get("epoch") != epochs:
+    return result if result.checkpoint is not None else None
+
+
+def completed_result(folder: str, epochs: int) -> dict[str, Any] | None:
+    """The last report of a Ray Train run whose final epoch is checkpointed, else ``None``."""
+    result = trained_result(folder)
+    metrics = dict(result.metrics or {}) if result is not None else {}
+    if result is None or metrics.get("epoch") != epochs:
         return None
     last = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
     last["checkpoint_path"] = result.checkpoint.path
