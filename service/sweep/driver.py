@@ -12,6 +12,7 @@ MLflow: one parent run per sweep, one child run per trial (:mod:`.finish` closes
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import stat
@@ -242,9 +243,12 @@ def build_tuner(cfg: ExperimentConfig, record: SweepRecord, *, resume: bool) -> 
     )
 
 
+TUNE_LOGGER = logging.getLogger("ray.tune.tune")  # tune.run's own lines: its stop and resume hints
+
+
 def fit(tuner: Any, record: SweepRecord) -> Any:
     """``tuner.fit()``; a failure marks the sweep failed and says how to continue it."""
-    listening = signal.getsignal(signal.SIGUSR1)
+    listening, level = signal.getsignal(signal.SIGUSR1), TUNE_LOGGER.level
     try:
         return tuner.fit()
     except Exception as e:
@@ -255,6 +259,7 @@ def fit(tuner: Any, record: SweepRecord) -> Any:
         ) from e
     finally:
         signal.signal(signal.SIGUSR1, listening)  # Tune leaves its stop handler behind
+        TUNE_LOGGER.setLevel(level)
 
 
 def ask_tune_to_stop() -> bool:
@@ -265,6 +270,9 @@ def ask_tune_to_stop() -> bool:
     handler = signal.getsignal(signal.SIGUSR1)
     if not callable(handler):
         return False
+    # Tune then says it got a stop signal and how to resume with Tuner.restore: this stop is ours, and
+    # so is the line that says how to continue (moco tune FILE --resume NAME)
+    TUNE_LOGGER.setLevel(logging.ERROR)
     handler(signal.SIGUSR1, None)
     return True
 
