@@ -70,11 +70,7 @@ def _absolute_local(uri: str) -> str:
 def check_cluster_paths(cfg: ExperimentConfig, address: str) -> None:
     """Data and checkpoints must be where every node of the cluster finds them."""
     for key, value in (("data.root", cfg.data.root), ("data.splits_dir", cfg.data.splits_dir)):
-        if value and not Path(value).is_absolute():
-            raise JobsError(
-                f"{key}={value} is a relative path; on a cluster it must be a path every node sees "
-                f"(a shared mount or a folder in the image), e.g. --set {key}=/data/{Path(value).name}"
-            )
+        refuse_relative(f"{key}=", value, f"--set {key}=")
     sp = cfg.run.storage_path
     if not sp or ("://" not in sp and not Path(sp).is_absolute()):
         hint = (
@@ -85,6 +81,16 @@ def check_cluster_paths(cfg: ExperimentConfig, address: str) -> None:
         raise JobsError(
             f"run.storage_path={sp!r}: checkpoints of a cluster run must go to shared storage, never to one "
             f"worker's local disk; set an s3:// (or gs://) URI{hint}, e.g. --set run.storage_path=s3://BUCKET/moco-runs"
+        )
+
+
+def refuse_relative(named: str, value: str | None, fix: str) -> None:
+    """A path the job reads (``named`` + ``value``, as the user wrote it) must be one every node sees:
+    a relative one is refused with the ``fix`` to give instead (URIs pass)."""
+    if value and "://" not in value and not Path(value).is_absolute():
+        raise JobsError(
+            f"{named}{value} is a relative path; on a cluster it must be a path every node sees "
+            f"(a shared mount or a folder in the image), e.g. {fix}/data/{Path(value).name}"
         )
 
 
@@ -191,11 +197,7 @@ def submit_evaluation(
     paths every node sees. Returns ``(submission id, client)``."""
     address = resolve_address(address)
     for flag, value in paths.items():
-        if value and "://" not in value and not Path(value).is_absolute():
-            raise JobsError(
-                f"{flag} {value} is a relative path; on a cluster it must be a path every node sees "
-                f"(a shared mount or a folder in the image), e.g. {flag} /data/{Path(value).name}"
-            )
+        refuse_relative(f"{flag} ", value, f"{flag} ")
     uri = job_tracking_uri(None, address, tracking_uri)
     client = jobs_client(address, token)
     name = re.sub(r"[^A-Za-z0-9_.-]+", "-", encoder).strip("-")[:60] or "encoder"

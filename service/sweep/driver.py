@@ -99,7 +99,6 @@ def tune_sweep(
         record.mark("running")
     else:
         record = new_sweep(cfg, uri, metric)
-    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # Ctrl-C is ours: see ask_tune_to_stop
     try:
         with record.held(), record.stopped_by_signals(ask_tune_to_stop) as stopping:
             results = fit(build_tuner(cfg, record, resume=bool(resume)), record)
@@ -244,11 +243,16 @@ def build_tuner(cfg: ExperimentConfig, record: SweepRecord, *, resume: bool) -> 
 
 
 TUNE_LOGGER = logging.getLogger("ray.tune.tune")  # tune.run's own lines: its stop and resume hints
+TUNE_SIGINT = "TUNE_DISABLE_SIGINT_HANDLER"  # set: tune.run leaves SIGINT to the handler in place
 
 
 def fit(tuner: Any, record: SweepRecord) -> Any:
-    """``tuner.fit()``; a failure marks the sweep failed and says how to continue it."""
+    """``tuner.fit()``; a failure marks the sweep failed and says how to continue it. Ctrl-C stays
+    ours while it runs (see :func:`ask_tune_to_stop`); Tune's signal handler and log level are put back
+    after it."""
     listening, level = signal.getsignal(signal.SIGUSR1), TUNE_LOGGER.level
+    sigint = os.environ.get(TUNE_SIGINT)
+    os.environ[TUNE_SIGINT] = "1"
     try:
         return tuner.fit()
     except Exception as e:
@@ -260,6 +264,10 @@ def fit(tuner: Any, record: SweepRecord) -> Any:
     finally:
         signal.signal(signal.SIGUSR1, listening)  # Tune leaves its stop handler behind
         TUNE_LOGGER.setLevel(level)
+        if sigint is None:
+            os.environ.pop(TUNE_SIGINT, None)
+        else:
+            os.environ[TUNE_SIGINT] = sigint
 
 
 def ask_tune_to_stop() -> bool:
