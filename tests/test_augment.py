@@ -51,6 +51,21 @@ def test_views_shape_dtype_and_randomness_per_sample(name, channels, size):
     assert torch.equal(views(images, pq), q)  # the parameters decide everything
 
 
+@pytest.mark.parametrize("name", RECIPES)
+def test_gray_images_for_a_three_channel_recipe_are_viewed_in_gray_and_replicated(name):
+    r = recipe(name, 32, 3)
+    views = BatchViews(r, *normalization(3))
+    gray = _images(8, 1, 40, seed=3)
+    p = _params(r, 8, seed=2)
+    one, three = views(gray, p), views(gray.expand(-1, 3, -1, -1).contiguous(), p)
+    assert one.shape == three.shape == (8, 3, 32, 32)
+    # the three-channel path's luma of a gray image is 0.9999 of it (torchvision's weights): std units
+    assert (one - three).abs().max() < 2e-3
+    mean, std = (torch.tensor(v).view(3, 1, 1) for v in normalization(3))
+    un = one * std + mean
+    assert torch.allclose(un[:, 0], un[:, 1], atol=1e-5) and torch.allclose(un[:, 0], un[:, 2], atol=1e-5)
+
+
 def test_parameters_are_a_function_of_their_seed_only():
     r = recipe("mocov2", 32, 3)
     a = draw_view(r, random.Random(123), 50, 40)

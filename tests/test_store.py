@@ -195,6 +195,9 @@ def test_a_store_of_another_source_or_size_is_refused_before_ray_starts(
     check_source(tmp_path / "s", index, parts, 16)  # the same source and size: fine
     with pytest.raises(StoreError, match="16 px and this run asks for 40 px"):
         check_source(tmp_path / "s", index, parts, 40)
+    check_source(tmp_path / "s", dict(index, channels=1), parts, 16, 3)  # gray serves RGB, replicated
+    with pytest.raises(StoreError, match="3-channel images and data.channels is 1"):
+        check_source(tmp_path / "s", dict(index, channels=3), parts, 16, 1)
     test = parts["test"]
     with open(root / "test.csv", "a") as f:  # the dataset changes: one more row (the first image again)
         f.write(f"{test.paths[0].relative_to(root / 'test').as_posix()},{test.classes[test.targets[0]]}\n")

@@ -206,8 +206,11 @@ def color_jitter(
     apply = _mask(apply, x).view(-1)
     order = order.to(x.device)
     out = x.clone()
+    gray = x.shape[-3] == 1  # saturation and hue are the identity on one channel: skipped
     for r in range(4):
         for k, (op, factor) in enumerate(ops):
+            if gray and k >= 2:
+                continue
             idx = torch.nonzero(apply & (order[:, r] == k)).view(-1)
             if idx.numel() == 0:
                 continue

@@ -23,7 +23,12 @@ def to_channels(x: Tensor, channels: int) -> Tensor:
 
 
 class BatchViews:
-    """One random view per sample of a batch, as ``recipe`` makes it."""
+    """One random view per sample of a batch, as ``recipe`` makes it.
+
+    Gray images (one channel) for a three-channel recipe are viewed in one channel and replicated at
+    the end: on a gray image saturation, hue and grayscale are the identity (to the luma weights' sum,
+    0.9999), so only the crop, brightness, contrast and blur have work to do, on a third of the pixels.
+    The parameters drawn are the recipe's own either way."""
 
     def __init__(self, recipe: Recipe, mean: Sequence[float], std: Sequence[float]) -> None:
         self.recipe, self.mean, self.std = recipe, list(mean), list(std)
@@ -37,17 +42,19 @@ class BatchViews:
             flips=p[:, P.FLIP] > 0.5 if r.flip else None,
             angles=p[:, P.ANGLE] if r.degrees else None,
         )
-        x = to_channels(x, r.channels)
-        if r.gray_first and r.gray_p:
+        if x.shape[1] != 1:  # colour in: the recipe's channels from here on; gray stays gray until the end
+            x = to_channels(x, r.channels)
+        color = x.shape[1] == 3
+        if color and r.gray_first and r.gray_p:
             x = ops.grayscale(x, p[:, P.GRAY] > 0.5)
         if r.jitter_p:
             b, c, s, h = p[:, P.FACTORS].unbind(1)
             x = ops.color_jitter(x, p[:, P.JITTER] > 0.5, b, c, s, h, p[:, P.ORDER].long())
-        if not r.gray_first and r.gray_p:
+        if color and not r.gray_first and r.gray_p:
             x = ops.grayscale(x, p[:, P.GRAY] > 0.5)
         if r.blur_p:
             x = ops.gaussian_blur(x, p[:, P.BLUR] > 0.5, p[:, P.SIGMA], r.blur_kernel)
-        return ops.normalize(x, self.mean, self.std)
+        return ops.normalize(to_channels(x, r.channels), self.mean, self.std)
 
 
 class EvalView:

@@ -139,7 +139,8 @@ def check_source(
     labels: bool = False,
 ) -> None:
     """Refuse a store that was not prepared from these partitions (their fingerprints: paths and file
-    sizes) or, when ``size`` / ``channels`` are given, at another size or channel count; with
+    sizes) or, when ``size`` / ``channels`` are given, at another size or channel count (a one-channel
+    store serves a three-channel model too: its views are made in gray and replicated); with
     ``labels`` (the readers take the labels from the store's CSV copies: a store on object storage),
     from other CSVs too."""
     root = index["source"]["root"]
@@ -167,7 +168,7 @@ def check_source(
                 f"{name}.csv changed since {store} was prepared (its labels or columns: the images are "
                 f"the same); {prepare} (only the CSV copies are rewritten)"
             )
-    if channels is not None and index["channels"] != channels:
+    if channels is not None and index["channels"] not in (channels, 1):  # gray feeds RGB, replicated
         raise StoreError(
             f"{store} holds {index['channels']}-channel images and data.channels is {channels}; prepare "
             f"one in another folder (`moco data prepare {root} --out NEW_STORE --channels {channels}`)"
