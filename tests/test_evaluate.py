@@ -152,6 +152,22 @@ def test_bca_interval_agrees_with_scipys(kind):
 # label fractions
 
 
+def test_the_linear_probe_is_sized_in_epochs_over_the_labelled_set():
+    from moco_core.eval.heads import LinearProbeConfig
+
+    cfg = LinearProbeConfig()  # 100 epochs of batch 256, at least 300 steps
+    assert cfg.steps(51) == 300  # 5 % of the digits: one step an epoch, the floor
+    assert cfg.steps(1_000) == 400 and cfg.steps(100_000) == 100 * 391
+    assert LinearProbeConfig(epochs=3, min_steps=0, batch_size=32).steps(120) == 12
+    from moco_core.eval import EvaluationError
+    from service.cli.evaluate import parse_evaluate_args, settings_of
+
+    args = ["models:/m@a", "--data", "d", "--linear-epochs"]
+    assert settings_of(parse_evaluate_args([*args, "7"])).linear.epochs == 7
+    with pytest.raises(EvaluationError, match="--linear-epochs must be at least 1, not 0"):
+        settings_of(parse_evaluate_args([*args, "0"]))
+
+
 @pytest.mark.parametrize("label_kind", ["multiclass", "multilabel"])
 def test_the_linear_probes_grid_trains_each_point_as_it_would_alone(label_kind):
     """All points of the lr x weight-decay grid train in one batched loop: the point kept has the best
@@ -168,11 +184,14 @@ def test_the_linear_probes_grid_trains_each_point_as_it_would_alone(label_kind):
         targets = [np.asarray((f[:, :2] > 0).int()) for f in feats[:2]]
         n_out = 2
     args = (feats[0], targets[0], feats[1], targets[1], feats[2], label_kind, n_out)
-    grid = LinearProbeConfig(lrs=(1e-3, 3e-2, 3e-1), weight_decays=(0.0, 1e-1), steps=40, batch_size=32)
+    grid = LinearProbeConfig(
+        lrs=(1e-3, 3e-2, 3e-1), weight_decays=(0.0, 1e-1), epochs=10, min_steps=0, batch_size=32
+    )
     best = linear_probe(*args, cfg=grid)
     alone = {
         (lr, wd): linear_probe(
-            *args, cfg=LinearProbeConfig(lrs=(lr,), weight_decays=(wd,), steps=40, batch_size=32)
+            *args,
+            cfg=LinearProbeConfig(lrs=(lr,), weight_decays=(wd,), epochs=10, min_steps=0, batch_size=32),
         )
         for lr in grid.lrs
         for wd in grid.weight_decays

@@ -7,6 +7,7 @@ probabilities, or per-label probabilities) for the caller to measure.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -17,12 +18,19 @@ from torch.nn import functional as F
 
 @dataclass(frozen=True)
 class LinearProbeConfig:
-    """The grid searched on val, and how long each point trains (AdamW, cosine decay, full data)."""
+    """The grid searched on val, and how long each point trains (AdamW, cosine decay, full data):
+    ``epochs`` passes over the labelled set, and at least ``min_steps`` steps (a few dozen labelled
+    images are one step an epoch)."""
 
     lrs: tuple[float, ...] = (1e-3, 1e-2, 1e-1)
     weight_decays: tuple[float, ...] = (0.0, 1e-4, 1e-2)
-    steps: int = 300
+    epochs: int = 100
+    min_steps: int = 300
     batch_size: int = 256
+
+    def steps(self, n: int) -> int:
+        """Steps for ``n`` labelled images."""
+        return max(self.min_steps, self.epochs * math.ceil(n / min(self.batch_size, n)))
 
 
 @dataclass(frozen=True)

@@ -38,10 +38,11 @@ def _train_linear_grid(
     opt = torch.optim.AdamW(
         [{"params": [w, b], "lr": lr, "weight_decay": wd} for (lr, wd), w, b in zip(grid, weights, biases)]
     )
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.steps)
+    steps = cfg.steps(len(x))
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     bs = min(cfg.batch_size, len(x))
     order, pos = torch.randperm(len(x), generator=g), 0
-    for _ in range(cfg.steps):
+    for _ in range(steps):
         if pos + bs > len(x):
             order, pos = torch.randperm(len(x), generator=g), 0
         idx = order[pos : pos + bs]  # b

@@ -89,6 +89,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="test-set resamples of the 95%% interval (default 1000; 0: none)",
     )
     p.add_argument(
+        "--linear-epochs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="linear probe epochs over the labelled set (default 100, at least 300 steps)",
+    )
+    p.add_argument(
         "--finetune-epochs", type=int, default=None, metavar="N", help="fine-tune epochs (default 10)"
     )
     p.add_argument("--finetune-lr", type=float, default=None, help="fine-tune learning rate (default 0.01)")
@@ -124,6 +131,8 @@ def settings_of(args: argparse.Namespace) -> Any:
     s = ProtocolSettings()
     knn = {"knn_k": args.knn_k, "knn_t": args.knn_t, "bootstrap": args.bootstrap}
     s = replace(s, **{k: v for k, v in knn.items() if v is not None})
+    if args.linear_epochs is not None:
+        s = replace(s, linear=replace(s.linear, epochs=args.linear_epochs))
     ft = {
         "epochs": args.finetune_epochs,
         "lr": args.finetune_lr,
@@ -136,6 +145,7 @@ def settings_of(args: argparse.Namespace) -> Any:
         f"--knn-k must be at least 1, not {s.knn_k}" if s.knn_k < 1 else "",
         f"--knn-t must be positive, not {s.knn_t}" if not s.knn_t > 0 else "",
         f"--bootstrap must be 0 or more, not {s.bootstrap}" if s.bootstrap < 0 else "",
+        f"--linear-epochs must be at least 1, not {s.linear.epochs}" if s.linear.epochs < 1 else "",
         f"--finetune-epochs must be at least 1, not {s.finetune.epochs}" if s.finetune.epochs < 1 else "",
         f"--finetune-lr must be positive, not {s.finetune.lr}" if not s.finetune.lr > 0 else "",
         f"--lincls-epochs must be at least 1, not {s.lincls.epochs}" if s.lincls.epochs < 1 else "",
