@@ -22,6 +22,7 @@ NUL_PATH = b"Path,label\n0.png,0\na\x00b.png,1\n"  # line 3
 LONG_NAME = b"Path,label\n0.png,0\n1.png,1\nsub/" + b"x" * 300 + b".png,0\n"  # line 4: a 304-byte name
 NA_AND_EMPTY = b"Path,label\n0.png,0\n1.png,1\n2.png,NA\n3.png,\n"  # lines 4 and 5
 TWO_LABELS = b"Path,label\n0.png,0\n1.png,1\n2.png,0\n./0.png,1\n"  # line 5 is line 2's image
+MISSING = b"Path,label\n0.png,0\n1.png,1\nnope.png,0\n2.png,NA\n"  # lines 4 and 5
 
 
 def tiny_dataset(tmp: Path, train_csv: bytes | None = None, images: int = 4) -> Path:
@@ -198,6 +199,39 @@ ROWS = {
             "the trial moco.mechanism=memory_bank, moco.negatives=2048",
             "lower moco.queue_size below",
         ],
+    ),
+    "prepare: a missing file and a missing label": Row(
+        lambda t: ["data", "prepare", str(tiny_dataset(t, MISSING)), "--out", str(t / "runs" / "store")],
+        lambda t: [
+            "train.csv line 4 (train/nope.png): file not found",
+            "train.csv line 5 (train/2.png): missing label 'NA'",
+        ],
+    ),
+    "prepare: a path with a NUL byte": Row(
+        lambda t: ["data", "prepare", str(tiny_dataset(t, NUL_PATH)), "--out", str(t / "runs" / "store")],
+        lambda t: ["train.csv line 3", "NUL byte"],
+    ),
+    "an unknown timm model": Row(
+        lambda t: ["pretrain", DIGITS, "--set", "model.arch=timm:densenet12", *run_files(t)],
+        lambda t: ["unknown timm model 'densenet12'", "close matches: timm:densenet121"],
+    ),
+    "a ViT on images that are not whole patches": Row(
+        lambda t: [
+            "pretrain",
+            DIGITS,
+            *("--set", "model.arch=timm:vit_small_patch16_224", "--set", "data.image_size=20"),
+            *("--set", f"data.root={tiny_dataset(t)}", "--set", "optim.batch_size=4", *run_files(t)),
+        ],
+        lambda t: ["model.arch=timm:vit_small_patch16_224 with data.image_size=20", "multiple of 16"],
+    ),
+    "end_to_end with one image per worker": Row(
+        lambda t: [
+            "pretrain",
+            DIGITS,
+            *("--set", "moco.mechanism=end_to_end", "--set", "moco.shuffle_bn=off"),
+            *("--set", "optim.batch_size=2", "--set", "scaling.workers=2", *run_files(t)),
+        ],
+        lambda t: ["each worker needs >= 2 images", "moco.mechanism=end_to_end"],
     ),
     "end_to_end with split BN": Row(
         lambda t: [

@@ -130,8 +130,13 @@ class ExperimentConfig(Strict):
             )
         per_worker = self.optim.batch_size // w
         if per_worker < 2:
+            why = (
+                " (moco.mechanism=end_to_end: the other images of the batch are the negatives)"
+                if self.moco.mechanism == "end_to_end"
+                else ""
+            )
             raise ValueError(
-                f"optim.batch_size / scaling.workers = {per_worker}; each worker needs >= 2 images"
+                f"optim.batch_size / scaling.workers = {per_worker}; each worker needs >= 2 images{why}"
             )
         mechanism = self.moco.mechanism
         if mechanism != "moco" and self.moco.shuffle_bn in ("distributed", "split"):
