@@ -190,7 +190,7 @@ def pretrain_loader(
         **_loader_kwargs(loader_workers(data.num_workers, cfg.scaling.cpus_per_worker), device, True),
     )
     views = BatchViews(r, *normalization(data.channels, data.normalization))
-    return DeviceBatches(loader, lambda x, pq, pk, index: (views(x, pq), views(x, pk), index), device)
+    return DeviceBatches(loader, lambda x, pq, pk, index: (*views.pair(x, pq, pk), index), device)
 
 
 def eval_loader(

@@ -326,3 +326,7 @@ def test_normalize_matches_torchvision(c):
     torch.testing.assert_close(got, TF.normalize(x, mean, std), atol=1e-6, rtol=0)
     with pytest.raises(ValueError):
         ops.normalize(x, [0.5] * (c + 1), [0.5] * (c + 1))
+    if c == 1:  # a gray image against three channels' statistics: replicated by the same pass
+        rgb = ops.normalize(x, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+        want = TF.normalize(x.expand(-1, 3, -1, -1), [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+        torch.testing.assert_close(rgb, want, atol=1e-6, rtol=0)

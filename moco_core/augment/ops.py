@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
+    "to_unit",
     "resized_crops",
     "adjust_brightness",
     "adjust_contrast",
@@ -60,6 +61,13 @@ def _blend(x: Tensor, other: Tensor, ratio: Tensor) -> Tensor:
     return (x * r + other * (1.0 - r)).clamp_(0.0, 1.0)
 
 
+def to_unit(images: Tensor) -> Tensor:
+    """uint8 images as float32 in [0, 1]; float images as float32 (a batch's two views convert once)."""
+    if images.dtype == torch.uint8:
+        return images.to(torch.float32).div_(255.0)
+    return images.to(torch.float32)
+
+
 def resized_crops(
     images: Tensor,
     boxes: Tensor,
@@ -90,10 +98,7 @@ def resized_crops(
     if images.ndim != 4:
         raise ValueError(f"images must be (B, C, S, S), got {tuple(images.shape)}")
     b, c, height, width = images.shape
-    if images.dtype == torch.uint8:
-        x = images.to(torch.float32).div_(255.0)
-    else:
-        x = images.to(torch.float32)
+    x = to_unit(images)
     if boxes.shape != (b, 4):
         raise ValueError(f"boxes must be ({b}, 4), got {tuple(boxes.shape)}")
     dev = x.device
@@ -236,33 +241,51 @@ def _gaussian_kernels1d(sigma: Tensor, kernel_size: int) -> Tensor:
     return torch.softmax((t / sigma.unsqueeze(1)).pow(2).neg(), dim=1)
 
 
+def _reflect_band(kernels: Tensor, size: int) -> Tensor:
+    """(B, size, size) matrices ``M`` with ``out[i] = sum_j M[i, j] x[j]``: a 1-D convolution with each
+    sample's kernel (B, k) over ``size`` pixels, with the reflect padding of ``k // 2`` folded in
+    (index -1 reads 1, index ``size`` reads ``size - 2``, as ``F.pad(mode="reflect")``)."""
+    b, k = kernels.shape
+    src = torch.arange(size, device=kernels.device)[:, None] + torch.arange(k, device=kernels.device) - k // 2
+    src = src.abs()
+    src = torch.where(src > size - 1, 2 * (size - 1) - src, src)  # (size, k): the pixel each tap reads
+    band = torch.zeros(b, size, size, dtype=kernels.dtype, device=kernels.device)
+    return band.scatter_add_(2, src.expand(b, -1, -1), kernels[:, None, :].expand(-1, size, -1))
+
+
 def gaussian_blur(x: Tensor, apply: Tensor, sigma: Tensor, kernel_size: int) -> Tensor:
     """Per-sample ``v2.functional.gaussian_blur(img, [k, k], [s, s])`` where ``apply`` is true.
 
-    Separable: a horizontal then a vertical 1-D grouped convolution with each sample's kernel, reflect
-    padding of ``k // 2`` (k odd, ``k // 2`` less than H and W). Returns unapplied samples unchanged.
+    Separable: a horizontal then a vertical 1-D convolution with each sample's kernel, reflect padding
+    of ``k // 2`` (k odd, ``k // 2`` less than H and W), each as one batched product with a banded
+    matrix (``_reflect_band``), which a CPU runs faster than a grouped convolution of per-sample
+    kernels (bench/RESULTS.md). Returns unapplied samples unchanged.
     """
     if kernel_size % 2 != 1 or kernel_size < 1:
         raise ValueError(f"kernel_size must be odd and positive, got {kernel_size}")
-    _, c, height, width = x.shape
+    _, _, height, width = x.shape
+    if kernel_size // 2 >= min(height, width):
+        raise ValueError(f"kernel_size {kernel_size} needs images larger than {kernel_size // 2} px")
     idx = torch.nonzero(_mask(apply, x).view(-1)).view(-1)  # only those samples are convolved
     out = x.clone()
     if idx.numel() == 0:
         return out
-    n = idx.numel() * c
-    kernels = _gaussian_kernels1d(_per_sample(sigma, x).view(-1)[idx], kernel_size).repeat_interleave(c, 0)
-    pad = kernel_size // 2
-    y = x.index_select(0, idx).reshape(1, n, height, width)
-    y = F.conv2d(F.pad(y, (pad, pad, 0, 0), mode="reflect"), kernels.view(n, 1, 1, -1), groups=n)
-    y = F.conv2d(F.pad(y, (0, 0, pad, pad), mode="reflect"), kernels.view(n, 1, -1, 1), groups=n)
-    return out.index_copy_(0, idx, y.view(-1, c, height, width))
+    kernels = _gaussian_kernels1d(_per_sample(sigma, x).view(-1)[idx], kernel_size)  # (n, k)
+    rows = _reflect_band(kernels, width).unsqueeze(1)  # (n, 1, W, W), shared by the channels
+    cols = rows if height == width else _reflect_band(kernels, height).unsqueeze(1)
+    y = x.index_select(0, idx)  # (n, C, H, W)
+    y = cols @ (y @ rows.transpose(-2, -1))
+    return out.index_copy_(0, idx, y)
 
 
 def normalize(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
-    """``v2.functional.normalize``: ``(x - mean) / std`` per channel."""
+    """``v2.functional.normalize``: ``(x - mean) / std`` per channel, as ``x * (1 / std) - mean / std``
+    in one pass. A one-channel ``x`` with three means and stds is a gray image replicated to three
+    channels by the same pass."""
     c = x.shape[-3]
-    if len(mean) != c or len(std) != c:
+    if len(mean) != len(std) or len(mean) not in (c, 3 if c == 1 else c):
         raise ValueError(f"need {c} means and stds, got {len(mean)} and {len(std)}")
-    m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
-    s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
-    return (x - m) / s
+    m = torch.as_tensor(mean, dtype=torch.float64).view(-1, 1, 1)
+    s = torch.as_tensor(std, dtype=torch.float64).view(-1, 1, 1)
+    scale, shift = (t.to(device=x.device, dtype=x.dtype) for t in (1.0 / s, -m / s))
+    return torch.addcmul(shift, x, scale)

@@ -33,6 +33,11 @@ class BatchViews:
     def __init__(self, recipe: Recipe, mean: Sequence[float], std: Sequence[float]) -> None:
         self.recipe, self.mean, self.std = recipe, list(mean), list(std)
 
+    def pair(self, images: Tensor, p_q: Tensor, p_k: Tensor) -> tuple[Tensor, Tensor]:
+        """The two views of a batch (query, key), the images converted to float once for both."""
+        x = ops.to_unit(images)
+        return self(x, p_q), self(x, p_k)
+
     def __call__(self, images: Tensor, p: Tensor) -> Tensor:
         r = self.recipe
         x = ops.resized_crops(
@@ -54,7 +59,7 @@ class BatchViews:
             x = ops.grayscale(x, p[:, P.GRAY] > 0.5)
         if r.blur_p:
             x = ops.gaussian_blur(x, p[:, P.BLUR] > 0.5, p[:, P.SIGMA], r.blur_kernel)
-        return ops.normalize(to_channels(x, r.channels), self.mean, self.std)
+        return ops.normalize(x, self.mean, self.std)  # a gray x replicated to the recipe's channels
 
 
 class EvalView:
