@@ -4,7 +4,7 @@ MoCoV2Transform in a DataLoader with the same workers on the same files, measure
 
     python bench/data_path.py --make-xrays 256 --root /tmp/xrays        # 1024 x 1024 gray PNGs
     python bench/data_path.py --root /tmp/xrays --image-size 224 --recipe mocov2 --workers 2 \
-        --batches 20 --peer lightly
+        --batches 20 --peer lightly --store-channels 1     # gray X-rays kept in one channel
     python bench/data_path.py --root ../shared/data/cifar10-dev --image-size 32 --recipe mocov2 \
         --workers 2 --batches 40 --peer lightly
 
@@ -122,7 +122,13 @@ def main() -> int:
     p.add_argument("--make-xrays", type=int, default=0, metavar="N", help="write N 1024 px PNGs to --root")
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--store-size", type=int, default=None, help="default: data.store_size's default")
-    p.add_argument("--channels", type=int, default=3)
+    p.add_argument("--channels", type=int, default=3, help="data.channels: the model's input")
+    p.add_argument(
+        "--store-channels",
+        type=int,
+        default=None,
+        help="the store's (default: --channels; 1: gray)",
+    )
     p.add_argument("--recipe", default="mocov2")
     p.add_argument("--workers", type=int, default=2, help="loader processes (ours and the peer's)")
     p.add_argument("--batches", type=int, default=20)
@@ -146,11 +152,13 @@ def main() -> int:
             size = args.store_size or default_store_size(args.image_size)
             t0 = time.perf_counter()
             source = {"root": str(args.root)}
-            prepare_here(tmp, parts, size, args.channels, source, threads=max(1, args.workers))
+            channels = args.store_channels or args.channels
+            prepare_here(tmp, parts, size, channels, source, threads=max(1, args.workers))
             dt, n = time.perf_counter() - t0, len(parts["train"])
             print(f"prepare: {n} images in {dt:.1f} s ({n / dt:.0f} images/s)")
             store = tmp
-        print(f"store: {read_index(store)['size']} px")
+        index = read_index(store)
+        print(f"store: {index['size']} px, {index['channels']} channel(s); views: {args.channels} channel(s)")
         print(f"images/s: {ours(args, store, device):.0f}")
         if args.peer == "lightly":
             print(f"lightly images/s: {lightly_rate(args):.0f}")
