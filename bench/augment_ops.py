@@ -70,9 +70,8 @@ def main() -> int:
     }
     if args.peers:
         rows.update(peer_rows(images, pv, r, x))
-    print(
-        f"{args.recipe}, {n} x {args.channels} x {s} px -> {r.image_size} px, {dev}, {args.threads} thread(s)"
-    )
+    shape = f"{n} x {c} x {s} px -> {args.channels} x {r.image_size} px"
+    print(f"{args.recipe}, {shape}, {dev}, {args.threads} thread(s)")
     for name, f in rows.items():
         check = ""
         if isinstance(f, tuple):  # a peer: (its call, the largest difference from ours)
