@@ -207,6 +207,10 @@ ROWS = {
             "train.csv line 5 (train/2.png): missing label 'NA'",
         ],
     ),
+    "evaluate --prepare without --store": Row(
+        lambda t: ["evaluate", "models:/m@a", "--data", str(tiny_dataset(t)), "--prepare"],
+        lambda t: ["--prepare makes --store from --data: give both"],
+    ),
     "prepare: a path with a NUL byte": Row(
         lambda t: ["data", "prepare", str(tiny_dataset(t, NUL_PATH)), "--out", str(t / "runs" / "store")],
         lambda t: ["train.csv line 3", "NUL byte"],

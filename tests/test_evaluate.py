@@ -397,15 +397,14 @@ def test_encoders_list_shows_versions_aliases_and_scores(store, capsys):
 
 
 @pytest.mark.slow
-def test_binary_task_knn_and_finetune_from_a_run_id(store, tmp_path, capsys):
+def test_binary_task_knn_and_finetune_from_a_run_id(store, ray_cluster, tmp_path, capsys):
     """A binary task derived from the digits (is it a 0?), the encoder named by its run id, the images
     read from a prepared store; fine-tuning for one short epoch; ROC curves among the plots."""
-    from moco_core.store import prepare_here
+    from moco_core.store import read_index
 
     splits = _relabel(store.root, tmp_path / "splits", ["zero"], lambda _p, d: [int(d == 0)])
     out = tmp_path / "binary.json"
-    # the images from a prepared store (the labels still come from the CSVs of --splits-dir)
-    prepare_here(tmp_path / "store", read_dataset(store.root), 16, 1, {"root": str(store.root)})
+    # the images from a store prepared on first use (the labels still come from the CSVs of --splits-dir)
     code = main(
         [
             "evaluate",
@@ -416,6 +415,7 @@ def test_binary_task_knn_and_finetune_from_a_run_id(store, tmp_path, capsys):
             str(splits),
             "--store",
             str(tmp_path / "store"),
+            "--prepare",
             "--protocol",
             "knn",
             "finetune",
@@ -434,6 +434,7 @@ def test_binary_task_knn_and_finetune_from_a_run_id(store, tmp_path, capsys):
     assert code == EXIT_OK
     printed = capsys.readouterr().out
     assert "AUROC" in printed and "finetune" in printed
+    assert read_index(tmp_path / "store")["size"] == 16  # at the encoder's size (the digits': 16 px)
     report = json.loads(out.read_text())
     assert report["data"]["label_kind"] == "binary"
     knn, ft = report["results"]

@@ -43,6 +43,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "(credentials and AWS_ENDPOINT_URL from the environment) read through data.store_cache",
     )
     p.add_argument(
+        "--prepare",
+        action="store_true",
+        help="prepare --store from --data first (or finish it, or bring it up to date), at the encoder's "
+        "size and channels, on the Ray cluster of RAY_ADDRESS or a local one",
+    )
+    p.add_argument(
         "--protocol",
         nargs="+",
         action="extend",
@@ -173,6 +179,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         settings=settings_of(args),
         track=not args.no_track,
         out=Path(args.out),
+        prepare=args.prepare,
     )
     print(format_table(report))
     print(f"\nresults: {args.out}")

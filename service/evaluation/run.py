@@ -32,9 +32,10 @@ from moco_core.eval import (
     label_subset,
     run_protocols,
 )
-from moco_core.store import check_source, read_index, store_partitions
+from moco_core.store import check_source, default_store_size, read_index, store_partitions
 
 from .. import registry, tracking
+from ..prepare import prepare_store, read_all
 from ..progress import say
 from ..storage import absolute
 from .choices import DEFAULT_PROTOCOLS
@@ -56,11 +57,16 @@ def evaluate(
     settings: ProtocolSettings | None = None,
     track: bool = True,
     out: Path | None = None,
+    prepare: bool = False,
 ) -> dict[str, Any]:
-    """Run the evaluation; returns the report (also written to ``out`` and, if ``track``, to MLflow)."""
+    """Run the evaluation; returns the report (also written to ``out`` and, if ``track``, to MLflow).
+    With ``prepare``, ``store`` is prepared from the dataset first (or finished, or brought up to date)
+    at the encoder's size and channels, on the Ray cluster of ``RAY_ADDRESS`` or a local one."""
     settings = settings or ProtocolSettings()
     if out is not None:
         check_out(out)
+    if prepare and (root is None or store is None):
+        raise UserError("moco evaluate --prepare makes --store from --data: give both")
     if root is None:  # the store's own partitions (a store on object storage, no dataset here)
         if store is None:
             raise UserError("moco evaluate needs the dataset (--data ROOT) or a prepared store (--store)")
@@ -78,6 +84,10 @@ def evaluate(
         backbone, meta = registry.read_encoder_package(registry.resolve_ref(ref, tmp, uri))
     check_task(parts, meta, protocols, fractions, seed, store_channels)  # every fault before any work
     if store is not None and root != store:  # any size will do: views are made at the encoder's size
+        if prepare:
+            size, channels = default_store_size(int(meta["image_size"])), int(meta["in_channels"])
+            source = {"root": str(root), "splits_dir": splits_dir, "label_columns": label_columns}
+            prepare_store(read_all(root, splits_dir, label_columns), store, size, channels, source, say)
         check_source(store, read_index(store), parts)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     stats = ([float(m) for m in meta["mean"]], [float(s) for s in meta["std"]])  # the package's own
