@@ -73,6 +73,16 @@ def test_parameters_are_a_function_of_their_seed_only():
     assert torch.equal(a, draw_view(r, random.Random(123), 50, 40))
     assert a.shape == (len(COLUMNS),)
     assert not torch.equal(a, draw_view(r, random.Random(124), 50, 40))
+    # nor is it touched: on a GPU a reseeded global RNG would also fix shuffle BN's permutation
+    from moco_core.pipeline import PretrainSamples
+
+    class Images:  # what the store's readers give: uint8 pixels and the original size
+        def item(self, i: int):
+            return _images(1, 3, 40, seed=i)[0].numpy(), (40, 40)
+
+    torch_state, py_state = torch.get_rng_state(), random.getstate()
+    PretrainSamples(Images(), r, seed=0)[(3, 1)]
+    assert torch.equal(torch.get_rng_state(), torch_state) and random.getstate() == py_state
 
 
 @pytest.mark.parametrize(

@@ -300,6 +300,25 @@ def test_a_run_the_local_cluster_cannot_hold_fails_before_ray_train(
     assert not (tmp_path / "runs").exists()  # nothing was started
 
 
+def test_a_cluster_named_by_an_address_is_waited_for_a_bounded_time(ray_cluster):
+    """A cluster named by an address may add nodes: its run waits scaling.wait_for_resources_s for
+    room, then fails with what the cluster has; one that has room does not wait."""
+    from moco_core.config.sections import ScalingConfig
+    from service.ray_cluster import ResourcesError, check_resources
+
+    t0 = time.monotonic()
+    with pytest.raises(
+        ResourcesError,
+        match=r"do not fit the Ray cluster after waiting 2 s: it has 1 node\(s\) with 2 CPUs and no GPU; "
+        r"set scaling.use_gpu=false",
+    ):
+        check_resources(ScalingConfig(workers=1, use_gpu=True, wait_for_resources_s=2), remote=True)
+    assert 2 <= time.monotonic() - t0 < 30
+    t0 = time.monotonic()
+    check_resources(ScalingConfig(workers=2, wait_for_resources_s=60), remote=True)
+    assert time.monotonic() - t0 < 5
+
+
 def test_dataset_fault_stops_before_ray(digits_root, tmp_path):
     import shutil
 
