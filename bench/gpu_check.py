@@ -13,8 +13,10 @@ one GPU); paste its output into bench/RESULTS.md.
    with torch.compile off and on (ResNet-18) -- MoCo's own share of a step, split BN in both encoders.
 5. NCCL with one rank: bench/gpu_smoke.py (distributed shuffle BN, all-gathered enqueue).
 6. The data path on the device: bench/data_path.py, two mocov2 views at 224 px from 1024 x 1024 PNGs
-   through the store, 8 loader processes (target: >= 2,500 images/s, the ResNet-50 bf16 step rate).
-Each check prints ``PASS`` / ``FAIL`` or its table; the exit code is 1 when a check failed.
+   through the store, 8 loader processes (target: >= 2,500 images/s, the ResNet-50 bf16 step rate);
+   from a three-channel store, then from a one-channel (gray) one.
+Each check prints ``PASS`` / ``FAIL`` or its table; the exit code is 1 when a check failed. Every
+check ends within ``--budget-s`` (480 s) of the start: one still running then is stopped and FAILs.
 """
 
 from __future__ import annotations
@@ -118,9 +120,16 @@ def check_precision(device: torch.device) -> bool:
     return ok
 
 
+DEADLINE = [float("inf")]  # time.monotonic() by which every check has ended (--budget-s)
+
+
 def run(cmd: list[str], timeout_s: float) -> bool:
     print("$ " + " ".join(cmd), flush=True)
     t0 = time.monotonic()
+    timeout_s = min(timeout_s, DEADLINE[0] - t0)
+    if timeout_s < 5:
+        print("   not run: the script's time budget (--budget-s) is spent: FAIL")
+        return False
     try:
         proc = subprocess.run(cmd, cwd=REPO, timeout=timeout_s, capture_output=True, text=True)
     except subprocess.TimeoutExpired:
@@ -138,7 +147,9 @@ def main() -> int:
     p.add_argument("--out", required=True, help="a scratch folder")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--quick", action="store_true", help="tiny step tables (a dry run of the script)")
+    p.add_argument("--budget-s", type=float, default=480.0, help="every check ends within this (8 minutes)")
     args = p.parse_args()
+    DEADLINE[0] = time.monotonic() + args.budget_s
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device(args.device)
@@ -172,6 +183,7 @@ def main() -> int:
     path += ["--image-size", "64" if args.quick else "224", "--recipe", "mocov2"]
     path += ["--workers", "2" if args.quick else "8", "--batch-size", "32" if args.quick else "256"]
     ok.append(run([*path, "--batches", "3" if args.quick else "30"], timeout_s=300))
+    ok.append(run([*path, "--batches", "3" if args.quick else "30", "--store-channels", "1"], timeout_s=300))
     print(f"\n{sum(ok)} of {len(ok)} checks passed")
     return 0 if all(ok) else 1
 
