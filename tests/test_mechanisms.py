@@ -259,3 +259,27 @@ def test_a_sweep_over_k_sets_each_mechanisms_own_field():
         assert trial.moco.queue_size == (queue or cfg.moco.queue_size)
         assert trial.negatives == (1022 if mechanism == "end_to_end" else 1024)
     assert cfg.tune.trial_count() == 9 and cfg.tune.asha is None  # every point of the figure runs
+
+
+@pytest.mark.slow
+def test_end_to_end_learns_through_ray_train(ray_cluster, digits_root, tmp_path):
+    """end_to_end (NT-Xent over the batch, no key encoder) through Ray Train on the digits, one worker,
+    2 epochs: its encoder beats a random-init one of the same architecture and seed on val kNN with
+    5 % of the labels. Measured this way, seeds 0 / 1 / 2: +0.084, +0.086, +0.181 (4 epochs: +0.098,
+    +0.173, +0.256); the moco test asserts the same +0.03."""
+    from moco_core.backbones import backbone_for
+    from moco_core.checkpoint import backbone_from_checkpoint, load_checkpoint
+    from service.pretrain import pretrain
+
+    from .conftest import val_knn
+
+    overrides = ("moco.mechanism=end_to_end", "optim.epochs=2", "eval.knn_every_epochs=0")
+    cfg = small_config(digits_root, tmp_path, *overrides, "tracking.register=false")
+    result = pretrain(cfg)
+    assert result.metrics["train/loss"] > 0
+    trained = backbone_from_checkpoint(cfg, load_checkpoint(result.published_checkpoint_path))
+    torch.manual_seed(cfg.run.seed)
+    random_init = backbone_for(cfg)
+    trained_knn, random_knn = val_knn(cfg, trained, 0.05), val_knn(cfg, random_init, 0.05)
+    print(f"end_to_end kNN (5 % of the labels) {trained_knn:.4f} vs random init {random_knn:.4f}")
+    assert trained_knn > random_knn + 0.03
