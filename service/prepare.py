@@ -30,6 +30,17 @@ def read_all(root: str | Path, splits_dir: str | Path | None, label_columns: lis
     return read_dataset(root, splits_dir, label_columns, names, check_files=True)
 
 
+def dataset_source(
+    root: str | Path, splits_dir: str | Path | None, label_columns: list[str] | None
+) -> dict[str, Any]:
+    """What a store records of the dataset it is prepared from (its plan's and index's ``source``)."""
+    return {
+        "root": str(root),
+        "splits_dir": None if splits_dir is None else str(splits_dir),
+        "label_columns": label_columns,
+    }
+
+
 def prepare_store(
     parts: dict[str, Partition],
     out: str | Path,
@@ -104,7 +115,7 @@ def with_store(
     parts = read_all(data.root, data.splits_dir, data.label_columns)
     store = data.store or default_store(cfg, parts["train"])
     if data.prepare == "auto":  # made from these very partitions: nothing to check afterwards
-        source = {"root": data.root, "splits_dir": data.splits_dir, "label_columns": data.label_columns}
+        source = dataset_source(data.root, data.splits_dir, data.label_columns)
         prepare_store(parts, store, size, data.channels, source, say, address)
     else:
         check_source(store, read_index(store), parts, size, data.channels, labels=is_uri(store))
@@ -115,4 +126,4 @@ def _has_csvs(data) -> bool:
     return (Path(data.splits_dir or data.root).expanduser() / "train.csv").is_file()
 
 
-__all__ = ["read_all", "prepare_store", "default_store", "with_store"]
+__all__ = ["read_all", "dataset_source", "prepare_store", "default_store", "with_store"]

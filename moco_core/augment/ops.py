@@ -283,7 +283,8 @@ def normalize(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
     in one pass. A one-channel ``x`` with three means and stds is a gray image replicated to three
     channels by the same pass."""
     c = x.shape[-3]
-    if len(mean) != len(std) or len(mean) not in (c, 3 if c == 1 else c):
+    replicated = c == 1 and len(mean) == 3
+    if len(mean) != len(std) or not (len(mean) == c or replicated):
         raise ValueError(f"need {c} means and stds, got {len(mean)} and {len(std)}")
     m = torch.as_tensor(mean, dtype=torch.float64).view(-1, 1, 1)
     s = torch.as_tensor(std, dtype=torch.float64).view(-1, 1, 1)

@@ -117,7 +117,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
     from moco_core.store import default_store_size
 
-    from ..prepare import prepare_store, read_all
+    from ..prepare import dataset_source, prepare_store, read_all
     from ..progress import say
 
     cols = label_columns_of(args)
@@ -125,7 +125,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     splits = str(Path(args.splits_dir).expanduser().resolve()) if args.splits_dir else None
     parts = read_all(root, splits, cols)
     size = args.size or default_store_size(args.image_size)
-    source = {"root": root, "splits_dir": splits, "label_columns": cols}
+    source = dataset_source(root, splits, cols)
     shard_bytes = max(1, int(args.shard_mb * (1 << 20)))
     index = prepare_store(parts, args.out, size, args.channels, source, say, args.ray_address, shard_bytes)
     counts = ", ".join(f"{n} {p['images']}" for n, p in index["partitions"].items())

@@ -35,7 +35,7 @@ from moco_core.eval import (
 from moco_core.store import check_source, default_store_size, read_index, store_partitions
 
 from .. import registry, tracking
-from ..prepare import prepare_store, read_all
+from ..prepare import dataset_source, prepare_store
 from ..progress import say
 from ..storage import absolute
 from .choices import DEFAULT_PROTOCOLS
@@ -84,11 +84,12 @@ def evaluate(
         backbone, meta = registry.read_encoder_package(registry.resolve_ref(ref, tmp, uri))
     check_task(parts, meta, protocols, fractions, seed, store_channels)  # every fault before any work
     if store is not None and root != store:  # any size will do: views are made at the encoder's size
-        if prepare:
+        if prepare:  # made from these very partitions (their files checked): nothing to check after
             size, channels = default_store_size(int(meta["image_size"])), int(meta["in_channels"])
-            source = {"root": str(root), "splits_dir": splits_dir, "label_columns": label_columns}
-            prepare_store(read_all(root, splits_dir, label_columns), store, size, channels, source, say)
-        check_source(store, read_index(store), parts)
+            source = dataset_source(root, splits_dir, label_columns)
+            prepare_store(parts, store, size, channels, source, say)
+        else:
+            check_source(store, read_index(store), parts)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     stats = ([float(m) for m in meta["mean"]], [float(s) for s in meta["std"]])  # the package's own
     task = Task(parts, data_config(root, splits_dir, label_columns, meta, store), stats, device)
