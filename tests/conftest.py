@@ -21,6 +21,13 @@ from moco_core.config import ExperimentConfig, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 
+# The session's Ray cluster (``ray_cluster``) lives only for the test session, on this machine. Without
+# token auth its clients need no token, so tests that point RAY_AUTH_TOKEN* or HOME elsewhere
+# (tests/test_jobs.py, with its own token-protected head) cannot cut the session's own connection off.
+# Ray reads the mode once, when it is first imported, which may be in any test (an in-process
+# ``moco`` command chooses ``token`` for its own local cluster unless the mode is set): set it here.
+os.environ["RAY_AUTH_MODE"] = "disabled"
+
 
 @pytest.fixture(scope="session")
 def digits_root(tmp_path_factory) -> Path:
@@ -76,10 +83,7 @@ def ray_cluster(s3_endpoint):
     import ray
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    # This cluster lives only for the test session, on this machine. Without token auth its clients
-    # need no token, so tests that point RAY_AUTH_TOKEN* or HOME elsewhere (tests/test_jobs.py, with
-    # its own token-protected head) cannot cut the session's own connection off.
-    os.environ["RAY_AUTH_MODE"] = "disabled"
+    # RAY_AUTH_MODE is "disabled" (set when this file was imported, above)
     ray.init(num_cpus=2, dashboard_host="127.0.0.1", logging_level="WARNING", log_to_driver=False)
     yield ray
     ray.shutdown()
