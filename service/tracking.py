@@ -109,9 +109,13 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
                 "MLFLOW_TRACKING_URI / tracking.uri to a reachable server"
             ) from None
     elif uri.startswith("sqlite:///"):
-        folder = Path(uri[len("sqlite:///") :]).parent
-        if not folder.is_dir():
-            raise TrackingError(f"MLflow tracking URI {uri}: folder {folder} does not exist")
+        path = Path(uri[len("sqlite:///") :])
+        if not path.parent.is_dir():
+            raise TrackingError(f"MLflow tracking URI {uri}: folder {path.parent} does not exist")
+        if not path.exists():  # a new store is made where it is first written, not by this check: a
+            if not os.access(path.parent, os.W_OK):  # command refused after it leaves no empty store
+                raise TrackingError(f"MLflow tracking URI {uri}: folder {path.parent} is not writable")
+            return
     try:
         client(uri).search_experiments(max_results=1)
     except Exception as e:  # noqa: BLE001 - any store failure is reported with the URI, then re-raised

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from service.cli import EXIT_FAIL, main
@@ -49,6 +50,12 @@ def run_files(tmp: Path) -> list[str]:
         "--set",
         f"tracking.uri=sqlite:///{tmp / 'mlflow.db'}",
     ]
+
+
+def pickled_model(tmp: Path) -> Path:
+    """A whole module saved with ``torch.save`` (what ``weights_only=True`` refuses to unpickle)."""
+    torch.save(torch.nn.Linear(2, 2), tmp / "model.pt")
+    return tmp / "model.pt"
 
 
 def experiment_file(tmp: Path, text: bytes) -> str:
@@ -236,6 +243,16 @@ ROWS = {
             *("--set", "optim.batch_size=2", "--set", "scaling.workers=2", *run_files(t)),
         ],
         lambda t: ["each worker needs >= 2 images", "moco.mechanism=end_to_end"],
+    ),
+    "model.init: a pickled model, not a state_dict": Row(
+        lambda t: [
+            "pretrain",
+            DIGITS,
+            *("--set", f"model.init={pickled_model(t)}", "--set", "optim.batch_size=4"),
+            *("--set", "eval.knn_label_fraction=1.0"),
+            *("--set", f"data.root={tiny_dataset(t)}", *run_files(t)),
+        ],
+        lambda t: ["model.init", str(t / "model.pt"), "holds pickled objects", "weights_only=True"],
     ),
     "end_to_end with split BN": Row(
         lambda t: [
