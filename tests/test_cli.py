@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import os
@@ -24,6 +25,26 @@ def test_help_lists_every_command():
     ).stdout
     for cmd in ("quickstart", "data", "pretrain", "tune", "evaluate", "encoders", "submit", "jobs", "config"):
         assert re.search(rf"^\s+{cmd}\s", out, re.M), f"{cmd} missing from moco --help"
+
+
+def _commands(parser: argparse.ArgumentParser, name: str = "moco"):
+    """``(name, parser)`` of ``parser`` and of every command and sub-command below it."""
+    yield name, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for cmd, sub in action.choices.items():
+                yield from _commands(sub, f"{name} {cmd}")
+
+
+def test_every_help_is_printed_as_written():
+    """Every command's ``--help`` renders: no ``%`` escape shown doubled (argparse formats an option's
+    help with ``%``, not a description), no unformatted placeholder left."""
+    from service.cli import build_parser
+
+    for name, parser in _commands(build_parser()):
+        text = parser.format_help()
+        for left in ("%%", "%(default)", "%(prog)"):
+            assert left not in text, f"{name} --help shows {left!r}:\n{text}"
 
 
 def test_data_digits_then_validate_ok(tmp_path, capsys):

@@ -17,8 +17,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "evaluate",
         help="measure an encoder downstream: kNN, linear probe, fine-tune; vs a random init",
         description="Measure an encoder on a labelled dataset (seed format) with frozen-feature kNN, a "
-        "linear probe and/or fine-tuning, at one or more label fractions, on the test partition: "
-        "top-1 accuracy (multi-class) or AUROC (binary, multi-label) with a bootstrap 95%% "
+        "linear probe, the reference's linear classification and/or fine-tuning, at one or more label "
+        "fractions, on the test partition: top-1 accuracy (multi-class) or AUROC (binary, "
+        "multi-label) with a bootstrap 95% "
         "interval. Prints a table, writes a JSON file and logs an MLflow run linked to the "
         "encoder's training run.",
     )
