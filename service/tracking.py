@@ -112,8 +112,10 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
         path = Path(uri[len("sqlite:///") :])
         if not path.parent.is_dir():
             raise TrackingError(f"MLflow tracking URI {uri}: folder {path.parent} does not exist")
-        if not path.exists():  # a new store is made where it is first written, not by this check: a
-            if not os.access(path.parent, os.W_OK):  # command refused after it leaves no empty store
+        # A new store is made where it is first written, not by this check: a command refused after
+        # it leaves no empty store behind.
+        if not path.exists():
+            if not os.access(path.parent, os.W_OK):
                 raise TrackingError(f"MLflow tracking URI {uri}: folder {path.parent} is not writable")
             return
     try:

@@ -90,8 +90,9 @@ def add_tracking_uri(p: argparse.ArgumentParser) -> None:
         dest="tracking_uri",
         default=None,
         metavar="URI",
-        help="MLflow tracking URI: sqlite:///PATH, a folder, or http://HOST:5000 (beats MLFLOW_TRACKING_URI "
-        "and tracking.uri; default: those, else sqlite:///mlflow.db in the working directory)",
+        help="MLflow tracking URI: sqlite:///PATH, a database URL, or http://HOST:5000 (beats "
+        "MLFLOW_TRACKING_URI and tracking.uri; default: those, else sqlite:///mlflow.db in the working "
+        "directory)",
     )
 
 
