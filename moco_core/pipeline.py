@@ -225,18 +225,33 @@ def steps_per_epoch(n_images: int, cfg: ExperimentConfig) -> int:
     return max(1, steps)
 
 
+def own_key_share(n_images: int, queue_size: int) -> float:
+    """The share of images that meet their own key from the previous epoch still in the queue.
+
+    The queue keeps the last ``K`` keys and each epoch is a fresh random order of the ``N`` images: an
+    image at position ``u N`` of one epoch and ``v N`` of the next has its old key queued when
+    ``(1 - u) + v < K / N``. Over uniform ``u, v`` that is ``r^2 / 2`` for ``r = K / N <= 1``,
+    ``1 - (2 - r)^2 / 2`` for ``1 < r < 2``, and every image from ``r >= 2``.
+    """
+    r = queue_size / n_images
+    if r <= 1:
+        return r * r / 2
+    return 1.0 - (2.0 - r) ** 2 / 2 if r < 2 else 1.0
+
+
 def queue_size_warning(n_images: int, cfg: ExperimentConfig) -> str | None:
-    """A warning when the queue holds as many keys as there are training images. The queue keeps the
-    last ``queue_size`` keys and an image comes back once per epoch: with K >= N, every image's own key
-    from its previous epoch is still queued, a negative against its own positive."""
+    """A warning when so large a share of the training set is queued that many images meet their own
+    previous key as a negative against their positive (:func:`own_key_share`): from ``K > N / 2``, one
+    image in eight. A quarter of the training set keeps it to one in thirty-two."""
     k = cfg.moco.queue_size
-    if cfg.moco.mechanism != "moco" or n_images <= 0 or k < n_images:
+    if cfg.moco.mechanism != "moco" or n_images <= 0 or 2 * k <= n_images:
         return None
     suggestion = 1 << max(0, (n_images // 4).bit_length() - 1)  # a power of two at most N/4
     return (
-        f"moco.queue_size={k} is not smaller than the {n_images} training images: every image's own key "
-        f"from its previous epoch is still in the queue, as a negative against itself. Use a queue well "
-        f"below the training set size (e.g. moco.queue_size={suggestion})"
+        f"moco.queue_size={k} holds {k / n_images:.0%} of the {n_images} training images: about "
+        f"{own_key_share(n_images, k):.0%} of them find their own key from the previous epoch in the queue, "
+        f"a negative against their own positive. Use a queue of at most a quarter of the training set "
+        f"(e.g. moco.queue_size={suggestion})"
     )
 
 
@@ -251,5 +266,6 @@ __all__ = [
     "pretrain_loader",
     "eval_loader",
     "steps_per_epoch",
+    "own_key_share",
     "queue_size_warning",
 ]

@@ -1,5 +1,6 @@
 """KeyQueue: FIFO order across wrap-around, any batch size, state in state_dict."""
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -59,6 +60,30 @@ def test_initial_keys_are_unit_vectors():
     assert torch.allclose(q.keys.norm(dim=0), torch.ones(32), atol=1e-5)
 
 
+@pytest.mark.parametrize("ratio", [0.25, 0.5, 0.82, 1.0, 1.5, 2.5])
+def test_own_key_share_is_what_a_queue_over_shuffled_epochs_holds(ratio):
+    """Push an image's id where its key goes, a batch at a time over freshly shuffled epochs, and count
+    the images that find their own id from the previous epoch in the queue: the closed form's share."""
+    from collections import deque
+
+    from moco_core.pipeline import own_key_share
+
+    n, batch = 2000, 16
+    queue: deque[int] = deque(maxlen=int(ratio * n))
+    g = torch.Generator().manual_seed(0)
+    met = seen = 0
+    for epoch in range(6):
+        order = torch.randperm(n, generator=g).tolist()
+        for start in range(0, n, batch):
+            ids = order[start : start + batch]
+            if epoch > 0:  # the queue is read for the loss, then the batch's keys are pushed
+                queued = set(queue)
+                met += sum(i in queued for i in ids)
+                seen += len(ids)
+            queue.extend(ids)
+    assert met / seen == pytest.approx(own_key_share(n, int(ratio * n)), abs=0.02)
+
+
 def test_queue_size_warning_when_the_queue_nears_the_training_set():
     from moco_core.config import ExperimentConfig
     from moco_core.pipeline import queue_size_warning
@@ -66,9 +91,11 @@ def test_queue_size_warning_when_the_queue_nears_the_training_set():
     def cfg(k: int) -> ExperimentConfig:
         return ExperimentConfig.model_validate({"moco": {"queue_size": k}})
 
-    assert queue_size_warning(1078, cfg(1024)) is None  # smaller than the training set
+    assert queue_size_warning(1078, cfg(256)) is None  # the digits recipe: a quarter of the training set
+    assert queue_size_warning(1078, cfg(512)) is None  # under half: fewer than one image in eight
     assert queue_size_warning(1_281_167, cfg(65536)) is None  # ImageNet with the paper's K
-    msg = queue_size_warning(1078, cfg(4096))  # the small-image recipe's K on the digits
-    assert msg is not None and "moco.queue_size=4096 is not smaller than the 1078 training images" in msg
-    assert "moco.queue_size=256" in msg  # a power of two at most N/4
-    assert queue_size_warning(1078, cfg(1078)) is not None
+    msg = queue_size_warning(5000, cfg(4096))  # the CIFAR demo's K on 5,000 photographs
+    assert msg is not None and "moco.queue_size=4096 holds 82% of the 5000 training images" in msg
+    assert "about 34% of them find their own key" in msg
+    assert "moco.queue_size=1024" in msg  # a power of two at most N/4
+    assert "about 100% of them" in queue_size_warning(1078, cfg(4096))
