@@ -242,16 +242,19 @@ def own_key_share(n_images: int, queue_size: int) -> float:
 def queue_size_warning(n_images: int, cfg: ExperimentConfig) -> str | None:
     """A warning when so large a share of the training set is queued that many images meet their own
     previous key as a negative against their positive (:func:`own_key_share`): from ``K > N / 2``, one
-    image in eight. A quarter of the training set keeps it to one in thirty-two."""
+    image in eight. A quarter of the training set keeps it to one in thirty-two. The symmetric loss
+    enqueues two keys of each image, so its queue spans half as many images."""
     k = cfg.moco.queue_size
-    if cfg.moco.mechanism != "moco" or n_images <= 0 or 2 * k <= n_images:
+    per_image = 2 if cfg.moco.symmetric else 1
+    images = k // per_image
+    if cfg.moco.mechanism != "moco" or n_images <= 0 or 2 * images <= n_images:
         return None
-    suggestion = 1 << max(0, (n_images // 4).bit_length() - 1)  # a power of two at most N/4
+    suggestion = per_image << max(0, (n_images // 4).bit_length() - 1)  # a quarter of N at most
     return (
-        f"moco.queue_size={k} holds {k / n_images:.0%} of the {n_images} training images: about "
-        f"{own_key_share(n_images, k):.0%} of them find their own key from the previous epoch in the queue, "
-        f"a negative against their own positive. Use a queue of at most a quarter of the training set "
-        f"(e.g. moco.queue_size={suggestion})"
+        f"moco.queue_size={k} holds the keys of {images / n_images:.0%} of the {n_images} training images: "
+        f"about {own_key_share(n_images, images):.0%} of them find their own key from the previous epoch in "
+        f"the queue, a negative against their own positive. Use a queue of at most a quarter of the "
+        f"training set (e.g. moco.queue_size={suggestion})"
     )
 
 

@@ -88,14 +88,18 @@ def test_queue_size_warning_when_the_queue_nears_the_training_set():
     from moco_core.config import ExperimentConfig
     from moco_core.pipeline import queue_size_warning
 
-    def cfg(k: int) -> ExperimentConfig:
-        return ExperimentConfig.model_validate({"moco": {"queue_size": k}})
+    def cfg(k: int, symmetric: bool = False) -> ExperimentConfig:
+        return ExperimentConfig.model_validate({"moco": {"queue_size": k, "symmetric": symmetric}})
 
     assert queue_size_warning(1078, cfg(256)) is None  # the digits recipe: a quarter of the training set
     assert queue_size_warning(1078, cfg(512)) is None  # under half: fewer than one image in eight
     assert queue_size_warning(1_281_167, cfg(65536)) is None  # ImageNet with the paper's K
     msg = queue_size_warning(5000, cfg(4096))  # the CIFAR demo's K on 5,000 photographs
-    assert msg is not None and "moco.queue_size=4096 holds 82% of the 5000 training images" in msg
+    assert msg is not None and "moco.queue_size=4096 holds the keys of 82% of the 5000 training images" in msg
     assert "about 34% of them find their own key" in msg
     assert "moco.queue_size=1024" in msg  # a power of two at most N/4
     assert "about 100% of them" in queue_size_warning(1078, cfg(4096))
+    # the symmetric loss queues two keys an image: 8192 keys are 4096 images, 82 % of 5,000
+    msg = queue_size_warning(5000, cfg(8192, symmetric=True))
+    assert msg is not None and "keys of 82% of the 5000" in msg and "moco.queue_size=2048" in msg
+    assert queue_size_warning(5000, cfg(4096, symmetric=True)) is None  # 41 %: 8 % of the images
